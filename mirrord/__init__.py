@@ -1,0 +1,7 @@
+"""mirrord for Python: run a local process as if it were inside a staging pod.
+
+This package is imported inside the user's app by the layer, so its top level stays
+light: only the standard library is imported here.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,178 @@
+"""Sans-I/O framing: bytes in -> messages out, messages in -> bytes out.
+
+A frame is a 4-byte big-endian payload length followed by a msgpack map
+``{"t": tag, field: value, ...}``. Anything that is not a well-typed message of
+a known tag is a `ProtocolError`, never another exception, and the buffer never
+holds more than one frame beyond what the caller has fed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+
+from mirrord.protocol.messages import MAX_FRAME, MESSAGES, Message
+
+_LEN = struct.Struct(">I")
+_Check = Callable[[Any], bool]
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; `code` is a short machine-readable reason."""
+
+    def __init__(self, message: str, code: str = "protocol") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _checker(hint: Any) -> _Check:
+    """Turn a type hint of a message field into a predicate on decoded msgpack values."""
+    origin = typing.get_origin(hint)
+    if hint is int:
+        return lambda v: type(v) is int
+    if hint is bool:
+        return lambda v: type(v) is bool
+    if hint in (str, bytes):
+        return lambda v: type(v) is hint
+    if hint is type(None):
+        return lambda v: v is None
+    if origin in (typing.Union, types.UnionType):
+        options = [_checker(a) for a in typing.get_args(hint)]
+        return lambda v: any(check(v) for check in options)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        check_item = _checker(item)
+        return lambda v: type(v) is list and all(check_item(x) for x in v)
+    if origin is tuple:
+        checks = [_checker(a) for a in typing.get_args(hint)]
+        return lambda v: (
+            type(v) in (list, tuple)
+            and len(v) == len(checks)
+            and all(c(x) for c, x in zip(checks, v, strict=True))
+        )
+    if origin is dict:
+        check_key, check_value = (_checker(a) for a in typing.get_args(hint))
+        return lambda v: (
+            type(v) is dict and all(check_key(k) and check_value(x) for k, x in v.items())
+        )
+    raise TypeError(f"no wire check for {hint!r}")
+
+
+def _to_wire(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class _Schema:
+    """How one message class is checked and built."""
+
+    def __init__(self, cls: type[Message]) -> None:
+        hints = typing.get_type_hints(cls)
+        self.cls = cls
+        names = [f.name for f in dataclasses.fields(cls)]
+        self.fields = [(name, _checker(hints[name])) for name in names]
+        self.field_names = names
+        # msgpack has no tuple: give back the tuples the message was built with
+        self.tuple_lists = {
+            name
+            for name in names
+            if typing.get_origin(hints[name]) is list
+            and typing.get_origin(typing.get_args(hints[name])[0]) is tuple
+        }
+        self.names = frozenset(names) | {"t"}
+
+    def build(self, obj: dict[Any, Any]) -> Message:
+        if obj.keys() != self.names:
+            missing = sorted(self.names - obj.keys())
+            extra = sorted(map(str, obj.keys() - self.names))
+            raise ProtocolError(
+                f"{self.cls.TAG}: bad fields (missing {missing}, unexpected {extra})"
+            )
+        values = {}
+        for name, check in self.fields:
+            value = obj[name]
+            if not check(value):
+                raise ProtocolError(f"{self.cls.TAG}.{name}: wrong type {type(value).__name__}")
+            values[name] = [tuple(x) for x in value] if name in self.tuple_lists else value
+        return self.cls(**values)
+
+
+_SCHEMAS = {tag: _Schema(cls) for tag, cls in MESSAGES.items()}
+
+
+def encode(msg: Message) -> bytes:
+    """One frame for `msg`."""
+    body: dict[str, Any] = {"t": msg.TAG}
+    for name in _SCHEMAS[msg.TAG].field_names:
+        body[name] = _to_wire(getattr(msg, name))
+    payload = msgpack.packb(body, use_bin_type=True)
+    return _LEN.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes | memoryview) -> Message:
+    """The message in one frame's payload, or ProtocolError."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
+    if type(obj) is not dict:
+        raise ProtocolError("frame is not a map")
+    schema = _SCHEMAS.get(obj.get("t")) if type(obj.get("t")) is str else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {obj.get('t')!r:.40}")
+    return schema.build(obj)
+
+
+class Codec:
+    """Accumulates received bytes and yields whole messages."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+        self._broken: ProtocolError | None = None
+
+    def encode(self, msg: Message) -> bytes:
+        return encode(msg)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def next_message(self) -> Message | None:
+        """The next whole message, None when more bytes are needed."""
+        if self._broken is not None:
+            raise self._broken
+        if self.buffered < _LEN.size:
+            return None
+        (length,) = _LEN.unpack_from(self._buf, self._pos)
+        if length > self.max_frame:
+            self._broken = ProtocolError(
+                f"frame of {length} bytes exceeds the limit of {self.max_frame}", "too_large"
+            )
+            raise self._broken
+        end = self._pos + _LEN.size + length
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[self._pos + _LEN.size : end])
+        self._pos = end
+        try:
+            return decode_payload(payload)
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def __iter__(self) -> Iterator[Message]:
+        while (msg := self.next_message()) is not None:
+            yield msg

@@ -1,0 +1,176 @@
+"""Every message of the wire, as small frozen dataclasses with a type tag.
+
+The same messages travel layer <-> intproxy and intproxy <-> agent; `Connected.local_*`
+is the agent's socket address on the agent link and the relay address on the layer link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+PROTOCOL_VERSION = 1
+#: Largest payload of one frame; a bigger length prefix is a protocol error.
+MAX_FRAME = 1 << 20
+#: Largest chunk of connection bytes carried by one Data frame.
+MAX_CHUNK = 256 * 1024
+
+#: Unresolved (host, port) pair as sent on the wire.
+AddrInfo = tuple[int, int, int, str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    TAG: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame from a client: protocol version and the session token."""
+
+    TAG: ClassVar[str] = "hello"
+    version: int
+    token: str
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOk(Message):
+    TAG: ClassVar[str] = "hello_ok"
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A fatal error: the sender closes the connection after it."""
+
+    TAG: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    TAG: ClassVar[str] = "ping"
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TAG: ClassVar[str] = "pong"
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Message):
+    """Open an outgoing connection from the target: proto is "tcp" or "udp"."""
+
+    TAG: ClassVar[str] = "connect"
+    req: int
+    proto: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected(Message):
+    TAG: ClassVar[str] = "connected"
+    req: int
+    conn: int
+    local_host: str
+    local_port: int
+    remote_host: str
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed(Message):
+    """A request failed: kind "os" carries an errno, kind "gai" a getaddrinfo error code."""
+
+    TAG: ClassVar[str] = "failed"
+    req: int
+    kind: str
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Message):
+    """Bytes of a connection (one datagram for UDP)."""
+
+    TAG: ClassVar[str] = "data"
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Eof(Message):
+    """The sender will write no more on this connection (TCP half-close)."""
+
+    TAG: ClassVar[str] = "eof"
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Message):
+    """The connection is gone (closed or reset); both sides forget it."""
+
+    TAG: ClassVar[str] = "close"
+    conn: int
+    reset: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Credit(Message):
+    """The receiver has delivered `amount` more bytes: the sender may send that much more."""
+
+    TAG: ClassVar[str] = "credit"
+    conn: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve(Message):
+    """getaddrinfo(host, port, family, type, proto, flags) as the target resolves it."""
+
+    TAG: ClassVar[str] = "resolve"
+    req: int
+    host: str
+    port: int | str | None
+    family: int
+    type: int
+    proto: int
+    flags: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved(Message):
+    TAG: ClassVar[str] = "resolved"
+    req: int
+    addrs: list[AddrInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class GetEnv(Message):
+    TAG: ClassVar[str] = "get_env"
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Env(Message):
+    TAG: ClassVar[str] = "env"
+    req: int
+    env: dict[str, str]
+
+
+def _all_messages() -> dict[str, type[Message]]:
+    # read the module namespace: with slots=True, __subclasses__() also lists the
+    # throw-away classes that dataclass() replaced
+    return {
+        cls.TAG: cls
+        for cls in globals().values()
+        if isinstance(cls, type) and issubclass(cls, Message) and cls.TAG
+    }
+
+
+MESSAGES: dict[str, type[Message]] = _all_messages()
