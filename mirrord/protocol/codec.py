@@ -122,7 +122,8 @@ def decode_payload(payload: bytes | memoryview) -> Message:
         raise ProtocolError(f"undecodable frame: {exc.__class__.__name__}") from None
     if type(obj) is not dict:
         raise ProtocolError("frame is not a map")
-    schema = _SCHEMAS.get(obj.get("t")) if type(obj.get("t")) is str else None
+    tag = obj.get("t")
+    schema = _SCHEMAS.get(tag) if type(tag) is str else None
     if schema is None:
         raise ProtocolError(f"unknown message type {obj.get('t')!r:.40}")
     return schema.build(obj)

@@ -55,7 +55,9 @@ class ReceiveCredit:
     def received(self, conn: int, amount: int) -> None:
         """The peer sent `amount` bytes; more than its window is a protocol error."""
         total = self._in_flight.get(conn, 0) + amount
-        if total > self.window:
+        # delivered bytes whose credit is still batched up were never granted back:
+        # the peer may not use them yet, so they count against its window
+        if total + self._undelivered_credit.get(conn, 0) > self.window:
             raise ProtocolError(f"connection {conn}: peer overran its flow-control window")
         self._in_flight[conn] = total
 

@@ -6,8 +6,9 @@ is the agent's socket address on the agent link and the relay address on the lay
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 PROTOCOL_VERSION = 1
 #: Largest payload of one frame; a bigger length prefix is a protocol error.
@@ -174,3 +175,11 @@ def _all_messages() -> dict[str, type[Message]]:
 
 
 MESSAGES: dict[str, type[Message]] = _all_messages()
+
+
+M = TypeVar("M", bound=Message)
+
+
+def with_req(msg: M, req: int) -> M:
+    """A copy of a request or a reply carrying another request id."""
+    return dataclasses.replace(msg, req=req)  # type: ignore[call-arg]
