@@ -1,0 +1,1 @@
+"""The agent: runs where the target runs and does the remote half of the work."""

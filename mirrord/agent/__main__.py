@@ -1,0 +1,5 @@
+import sys
+
+from mirrord.agent.main import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""`python -m mirrord.agent`: enter the target, listen where the CLI said, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from mirrord.agent.server import AgentState, serve
+from mirrord.agent.target import LocalTarget, TargetError, read_environ
+from mirrord.ready import announce_ready
+
+TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
+
+
+def parse_listen(text: str) -> socket.socket:
+    """`127.0.0.1:PORT` (loopback only) or `unix:/path`; bound before entering the target."""
+    if text.startswith("unix:"):
+        path = text[5:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # only our user may connect
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+    else:
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise SystemExit(f"mirrord agent: refusing to listen on {host}: loopback only")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port or 0)))
+    sock.listen(128)
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    addr = sock.getsockname()
+    return f"unix:{addr}" if sock.family == socket.AF_UNIX else f"{addr[0]}:{addr[1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mirrord agent")
+    parser.add_argument("--target", default="targetless")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--idle-timeout", type=float, default=5.0)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s agent %(levelname)s %(message)s",
+    )
+    token = os.environ.pop(TOKEN_ENV, "")
+    if not token:
+        print(f"mirrord agent: {TOKEN_ENV} is not set", file=sys.stderr)
+        return 2
+    try:
+        target = LocalTarget.parse(args.target)
+        pid = target.process()
+        # read the environment before entering the target's mounts (and its /proc)
+        env = read_environ(pid) if pid else {}
+        listen_sock = parse_listen(args.listen)
+        target.enter()
+    except (TargetError, OSError) as exc:
+        print(f"mirrord agent: {exc}", file=sys.stderr)
+        return 1
+    state = AgentState(token=token, env=env, idle_timeout=args.idle_timeout)
+    announce_ready(address=describe(listen_sock))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        anyio.run(_run, listen_sock, state)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if listen_sock.family == socket.AF_UNIX:
+            Path(listen_sock.getsockname()).unlink(missing_ok=True)
+    return 0
+
+
+async def _run(listen_sock: socket.socket, state: AgentState) -> None:
+    # works for TCP and unix sockets alike
+    await serve(await anyio.abc.SocketListener.from_socket(listen_sock), state)

@@ -1,0 +1,5 @@
+import sys
+
+from mirrord.proxy.main import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The intproxy's one link to the agent: requests by id, connections through a Mux."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from mirrord.link import Link
+from mirrord.mux import Mux
+from mirrord.protocol import Message, Ping, Pong, ProtocolError, RequestFailed
+from mirrord.protocol.messages import with_req
+
+log = logging.getLogger("mirrord.proxy")
+
+
+@dataclass(eq=False)
+class _Pending:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reply: Message | None = None
+
+
+class AgentGone(Exception):
+    pass
+
+
+class AgentClient:
+    """Sends requests to the agent and matches their replies; relays connections."""
+
+    def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
+        self.link = link
+        self.mux = Mux(link, tg)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self.gone: str | None = None
+
+    async def request(self, msg: Message) -> Message:
+        """Send `msg` with a fresh request id; the agent's reply (or a RequestFailed)."""
+        req = next(self._ids)
+        if self.gone is not None:
+            return self._failure(req)
+        pending = self._pending[req] = _Pending()
+        try:
+            await self.link.send(with_req(msg, req))
+            await pending.done.wait()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return self._failure(req)
+        finally:
+            self._pending.pop(req, None)
+        assert pending.reply is not None
+        return pending.reply
+
+    def _failure(self, req: int) -> RequestFailed:
+        return RequestFailed(
+            req=req,
+            kind="os",
+            errno=errno.ECONNABORTED,
+            message=f"mirrord: no connection to the agent ({self.gone or 'lost'})",
+        )
+
+    async def run(self) -> None:
+        """Read the agent's frames until the link ends; then fail everything cleanly."""
+        reason = "the agent closed the connection"
+        try:
+            while True:
+                msg = await self.link.receive()
+                if await self.mux.handle(msg):
+                    continue
+                req = getattr(msg, "req", None)
+                if req is not None and (pending := self._pending.get(req)) is not None:
+                    pending.reply = msg
+                    pending.done.set()
+                elif not isinstance(msg, Pong):
+                    log.warning("unexpected %s from the agent", msg.TAG)
+        except ProtocolError as exc:
+            reason = f"the agent broke the protocol: {exc}"
+            await self.link.fail(exc)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self.gone = reason
+            log.warning("agent link ended: %s", reason)
+            for req, pending in list(self._pending.items()):
+                pending.reply = self._failure(req)
+                pending.done.set()
+            with anyio.CancelScope(shield=True):
+                await self.mux.close_all()
+
+    async def keepalive(self, interval: float = 10.0) -> None:
+        for seq in itertools.count():
+            await anyio.sleep(interval)
+            if self.gone:
+                return
+            try:
+                await self.link.send(Ping(seq=seq))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                return

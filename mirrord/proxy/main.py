@@ -1,0 +1,132 @@
+"""`python -m mirrord.proxy`: connect to the agent, serve layers, end with the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from mirrord.link import Link
+from mirrord.protocol import ProtocolError
+from mirrord.proxy.agent_client import AgentClient
+from mirrord.proxy.layer_server import ProxyState, handle_layer
+from mirrord.ready import announce_ready
+
+log = logging.getLogger("mirrord.proxy")
+AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
+PROXY_TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
+#: After the app and its last layer are gone, linger this long for late children.
+GRACE = 0.5
+#: With no layer ever connected and no pid to watch, give up after this long.
+FIRST_LAYER_TIMEOUT = 60.0
+
+
+async def connect_agent(address: str) -> anyio.abc.ByteStream:
+    if address.startswith("unix:"):
+        return await anyio.connect_unix(address[5:])
+    host, _, port = address.rpartition(":")
+    return await anyio.connect_tcp(host.strip("[]"), int(port))
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # a zombie has exited too
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
+    """Return when the app and every layer are gone."""
+    started = time.monotonic()
+    while True:
+        await anyio.sleep(0.1)
+        if state.layers:
+            continue
+        idle = time.monotonic() - state.last_change
+        if app_pid is not None:
+            if _process_gone(app_pid) and idle >= GRACE:
+                return
+        elif (
+            state.ever_connected
+            and idle >= GRACE
+            or time.monotonic() - started > FIRST_LAYER_TIMEOUT
+        ):
+            return
+
+
+async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> None:
+    with anyio.fail_after(30):
+        stream = await connect_agent(args.agent)
+    link = Link(stream)
+    with anyio.fail_after(30):
+        await link.handshake(agent_token, "intproxy")
+    async with anyio.create_task_group() as tg:
+        agent = AgentClient(link, tg)
+        tg.start_soon(agent.run)
+        tg.start_soon(agent.keepalive)
+        state = ProxyState(token=proxy_token, agent=agent)
+        old = os.umask(0o177)  # only our user may talk to the intproxy
+        try:
+            listener = await anyio.create_unix_listener(args.socket)
+        finally:
+            os.umask(old)
+        tg.start_soon(listener.serve, lambda s: handle_layer(state, s))
+        announce_ready(socket=args.socket)
+        await watch_lifetime(state, args.watch_pid)
+        log.info("the app is gone: exiting")
+        tg.cancel_scope.cancel()
+    await link.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mirrord intproxy")
+    parser.add_argument("--agent", required=True, help="HOST:PORT or unix:PATH of the agent")
+    parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
+    parser.add_argument("--watch-pid", type=int, default=None)
+    parser.add_argument("--agent-pid", type=int, default=None, help="a local agent to stop on exit")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s intproxy %(levelname)s %(message)s",
+    )
+    agent_token = os.environ.pop(AGENT_TOKEN_ENV, "")
+    proxy_token = os.environ.pop(PROXY_TOKEN_ENV, "")
+    if not agent_token or not proxy_token:
+        print("mirrord intproxy: session tokens are not set", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        anyio.run(run, args, agent_token, proxy_token)
+    except (OSError, TimeoutError, ProtocolError, anyio.EndOfStream) as exc:
+        print(f"mirrord intproxy: cannot reach the agent at {args.agent}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        Path(args.socket).unlink(missing_ok=True)
+        if args.agent_pid:
+            try:
+                os.kill(args.agent_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
