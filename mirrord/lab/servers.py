@@ -63,6 +63,8 @@ class _TLSServer(_Server):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # headers and body are written separately: without this, Nagle + delayed ACK add 40 ms
+    disable_nagle_algorithm = True
     server_version = "mirrord-lab"
     sys_version = ""
 
