@@ -1,0 +1,126 @@
+"""The layer's blocking link to the intproxy: one unix socket per thread, fork-aware.
+
+Runs inside the user's app: standard library and msgpack only.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import threading
+
+from mirrord.protocol import ClientHandshake, Codec, Message, ProtocolError, RequestFailed
+from mirrord.protocol.codec import encode
+from mirrord.protocol.messages import with_req
+
+#: Longer than the agent's own connect timeout, so its answer arrives first.
+REQUEST_TIMEOUT = 45.0
+
+
+class ProxyUnavailable(OSError):
+    """The intproxy cannot be reached or stopped answering."""
+
+
+class _Channel:
+    def __init__(self, path: str, token: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(REQUEST_TIMEOUT)
+        self.codec = Codec()
+        try:
+            self.sock.connect(path)
+            handshake = ClientHandshake(token, f"layer pid {os.getpid()}")
+            self.sock.sendall(encode(handshake.hello))
+            handshake.receive(self.receive())
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def receive(self) -> Message:
+        while (msg := self.codec.next_message()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ProxyUnavailable(errno.ECONNABORTED, "mirrord: the intproxy closed the link")
+            self.codec.feed(data)
+        return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ProxyClient:
+    """Synchronous request/reply with the intproxy, safe across threads and fork()."""
+
+    def __init__(self, path: str, token: str) -> None:
+        self.path = path
+        self.token = token
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+        self._pid = os.getpid()
+        self._channels: list[_Channel] = []
+        self._lock = threading.Lock()
+
+    def _channel(self) -> _Channel:
+        if self._pid != os.getpid():
+            self.after_fork()
+        channel: _Channel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            try:
+                channel = _Channel(self.path, self.token)
+            except ProtocolError as exc:
+                raise ProxyUnavailable(
+                    errno.ECONNREFUSED, f"mirrord: intproxy refused: {exc}"
+                ) from None
+            except OSError as exc:
+                raise ProxyUnavailable(
+                    exc.errno or errno.ECONNREFUSED, f"mirrord: cannot reach the intproxy: {exc}"
+                ) from None
+            self._local.channel = channel
+            with self._lock:
+                self._channels.append(channel)
+        return channel
+
+    def connect(self) -> None:
+        """Open this thread's channel now (the app's presence keeps the intproxy alive)."""
+        self._channel()
+
+    def request(self, msg: Message) -> Message:
+        """Send a request (its `req` is filled in) and wait for its reply."""
+        channel = self._channel()
+        req = next(self._ids)
+        try:
+            channel.sock.sendall(encode(with_req(msg, req)))
+            while True:
+                reply = channel.receive()
+                if getattr(reply, "req", None) == req:
+                    return reply
+        except (OSError, ProtocolError) as exc:
+            self._drop(channel)
+            if isinstance(exc, ProxyUnavailable):
+                raise
+            raise ProxyUnavailable(
+                errno.ECONNABORTED, f"mirrord: intproxy link failed: {exc}"
+            ) from None
+
+    def _drop(self, channel: _Channel) -> None:
+        channel.close()
+        self._local.channel = None
+        with self._lock:
+            if channel in self._channels:
+                self._channels.remove(channel)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's channels are not ours to use."""
+        for channel in self._channels:
+            channel.close()
+        self._channels = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+
+def failure_to_oserror(reply: RequestFailed) -> OSError:
+    """The OSError (subclass by errno) a local call would have raised."""
+    code = reply.errno or errno.EIO
+    return OSError(code, f"{os.strerror(code)} (mirrord: {reply.message})")

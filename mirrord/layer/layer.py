@@ -1,0 +1,57 @@
+"""The layer: every patch family of a session, installed and removed together.
+
+Runs inside the user's app: standard library, wrapt and msgpack only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from mirrord.layer.client import ProxyClient
+from mirrord.layer.context import Context, LayerSettings
+from mirrord.layer.dns import DnsPatches
+from mirrord.layer.patching import PatchFamily
+from mirrord.layer.sockets import SocketPatches
+
+SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
+TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
+SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
+
+
+class Layer:
+    def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
+        self.context = Context(settings, client)
+        dns = DnsPatches(self.context)
+        self.families: list[PatchFamily] = [dns, SocketPatches(self.context, dns)]
+        self._fork_hook = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Layer | None:
+        """The session the CLI described in the environment, or None outside mirrord."""
+        path = env.get(SOCKET_ENV)
+        if not path:
+            return None
+        settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
+        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
+
+    def install(self) -> None:
+        for family in self.families:
+            family.install()
+        if not self._fork_hook:
+            # only once: register_at_fork hooks cannot be removed
+            os.register_at_fork(after_in_child=self._after_fork)
+            self._fork_hook = True
+
+    def uninstall(self) -> None:
+        for family in reversed(self.families):
+            family.uninstall()
+
+    def _after_fork(self) -> None:
+        if self.families[0].installed:
+            self.context.client.after_fork()
+            try:
+                self.context.client.connect()
+            except OSError:
+                pass  # reported when the child first needs the intproxy
