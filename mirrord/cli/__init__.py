@@ -1,0 +1,1 @@
+"""The command line: `python -m mirrord app.py`, `mirrord exec -- cmd`, and helpers."""

@@ -1,0 +1,57 @@
+"""Options shared by `python -m mirrord` and `mirrord exec`, named as in mirrord."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def session_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    decorators = [
+        click.option("-t", "--target", help="pid/PID, netns/NAME or targetless"),
+        click.option(
+            "-f",
+            "--config-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="mirrord config file (JSON, TOML or YAML); default .mirrord/mirrord.json",
+        ),
+        click.option("--no-remote-dns", is_flag=True, help="resolve names locally"),
+        click.option("--no-outgoing", is_flag=True, help="keep all outgoing traffic local"),
+        click.option("--no-tcp-outgoing", is_flag=True, help="keep outgoing TCP local"),
+        click.option("--no-udp-outgoing", is_flag=True, help="keep outgoing UDP local"),
+        click.option(
+            "-x",
+            "--override-env-vars-exclude",
+            help="remote env vars to leave out (;-separated, * and ? globs)",
+        ),
+        click.option(
+            "-s",
+            "--override-env-vars-include",
+            help="only these remote env vars (;-separated, * and ? globs)",
+        ),
+        click.option("--log-level", default="info", help="log level of agent and intproxy"),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides (dotted key paths) from the CLI flags that were given."""
+    result: dict[str, Any] = {}
+    if options.get("target"):
+        result["target"] = options["target"]
+    if options.get("no_remote_dns"):
+        result["feature.network.dns.enabled"] = False
+    if options.get("no_outgoing") or options.get("no_tcp_outgoing"):
+        result["feature.network.outgoing.tcp"] = False
+    if options.get("no_outgoing") or options.get("no_udp_outgoing"):
+        result["feature.network.outgoing.udp"] = False
+    if options.get("override_env_vars_exclude") is not None:
+        result["feature.env.exclude"] = options["override_env_vars_exclude"]
+    if options.get("override_env_vars_include") is not None:
+        result["feature.env.include"] = options["override_env_vars_include"]
+    return result

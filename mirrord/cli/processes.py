@@ -1,0 +1,64 @@
+"""Starting the session's helper processes and waiting for their "ready" line."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mirrord.cli.errors import CliError
+
+
+def last_lines(path: Path, count: int = 8) -> str:
+    try:
+        with path.open(errors="replace") as f:
+            lines = deque((line.rstrip() for line in f if line.strip()), maxlen=count)
+    except OSError:
+        return ""
+    return "\n".join(f"  | {line}" for line in lines)
+
+
+def spawn_ready(
+    what: str, argv: list[str], env: dict[str, str], log: Path, timeout: float
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a detached helper, wait for its JSON ready line on stdout."""
+    with log.open("ab") as log_file:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            start_new_session=True,  # Ctrl-C in the terminal is for the app, not for us
+        )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.kill()
+            proc.wait()
+            raise CliError(f"the {what} did not start within {timeout:.0f}s\n{last_lines(log)}")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                proc.wait()
+                raise CliError(
+                    f"the {what} failed to start (exit status {proc.returncode}); its log "
+                    f"{log} ends with:\n{last_lines(log)}"
+                )
+            line += chunk
+    proc.stdout.close()
+    try:
+        info = json.loads(line)
+    except ValueError:
+        proc.kill()
+        raise CliError(f"the {what} said something unexpected: {line[:200]!r}") from None
+    return proc, info

@@ -1,0 +1,52 @@
+"""Running the user's program inside a session (the exec at the end of the CLI)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mirrord.cli.errors import CliError
+from mirrord.cli.session import python_path_with_hook, start_session
+from mirrord.config import ConfigError, load_config
+from mirrord.config.env_select import select_env
+
+
+def _warn(message: str) -> None:
+    print(f"mirrord: warning: {message}", file=sys.stderr)
+
+
+def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
+    """Start the session, build the app's environment, and become the app."""
+    from mirrord.cli.options import overrides_from
+
+    try:
+        cfg = load_config(options.get("config_file"), overrides=overrides_from(options))
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if cfg.unimplemented_keys:
+        _warn(
+            "these config keys are not implemented yet and are ignored: "
+            + ", ".join(cfg.unimplemented_keys)
+        )
+    program = shutil.which(argv[0]) or argv[0]
+    if not Path(program).exists():
+        raise CliError(f"no such program: {argv[0]}")
+    session = start_session(
+        cfg.target.path or "targetless",
+        cfg.layer_settings(),
+        log_level=options.get("log_level") or "info",
+    )
+    env = dict(os.environ)
+    if cfg.env.enabled:
+        env.update(select_env(session.remote_env(), cfg.env, os.environ))
+    env.update(session.layer_env())
+    env["PYTHONPATH"] = python_path_with_hook(env.get("PYTHONPATH"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(program, argv, env)
+    except OSError as exc:
+        raise CliError(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -1,0 +1,151 @@
+"""Starting a session: the agent, the intproxy, and the environment the app runs with."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mirrord.agent.target import LocalTarget, TargetError
+from mirrord.cli.errors import CliError
+from mirrord.cli.processes import spawn_ready
+from mirrord.layer.client import ProxyClient, ProxyUnavailable
+from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
+from mirrord.protocol import Env, GetEnv, RequestFailed
+
+HOOK_DIR = Path(__file__).resolve().parents[2] / "sitecustomize_hook"
+START_TIMEOUT = 30.0
+#: A local agent outlives its last client this long (the intproxy also stops it on exit).
+AGENT_IDLE_TIMEOUT = 3.0
+
+
+@dataclass
+class Session:
+    """A running agent + intproxy, and what the app needs to use them."""
+
+    target: str
+    workdir: Path
+    proxy_socket: str
+    proxy_token: str
+    agent_pid: int
+    proxy_pid: int
+    layer_settings: dict = field(default_factory=dict)
+
+    def client(self) -> ProxyClient:
+        return ProxyClient(self.proxy_socket, self.proxy_token)
+
+    def remote_env(self) -> dict[str, str]:
+        try:
+            reply = self.client().request(GetEnv(req=0))
+        except ProxyUnavailable as exc:
+            raise CliError(f"cannot read the target's environment: {exc}") from None
+        if isinstance(reply, RequestFailed):
+            raise CliError(f"cannot read the target's environment: {reply.message}")
+        assert isinstance(reply, Env)
+        return reply.env
+
+    def layer_env(self) -> dict[str, str]:
+        """Variables that load the layer into a Python program and point it at us."""
+        package_root = str(Path(__file__).resolve().parents[2])
+        dependency_dirs = {
+            str(Path(module.__file__).resolve().parent.parent) for module in _layer_dependencies()
+        }
+        return {
+            SOCKET_ENV: self.proxy_socket,
+            TOKEN_ENV: self.proxy_token,
+            SETTINGS_ENV: json.dumps(self.layer_settings),
+            "MIRRORD_LAYER_PATH": os.pathsep.join([package_root, *sorted(dependency_dirs)]),
+        }
+
+
+def _layer_dependencies() -> list:
+    import msgpack
+    import wrapt
+
+    return [msgpack, wrapt]
+
+
+def check_target(target: str) -> LocalTarget:
+    try:
+        parsed = LocalTarget.parse(target)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    if parsed.kind != "targetless" and os.geteuid() != 0:
+        raise CliError(f"target {target} needs root to enter its namespaces: run with sudo")
+    return parsed
+
+
+def start_session(
+    target: str,
+    layer_settings: dict,
+    *,
+    watch_pid: int | None = None,
+    log_level: str = "info",
+) -> Session:
+    """Start agent and intproxy for `target`; they end when `watch_pid` (default: us) ends."""
+    check_target(target)
+    workdir = Path(tempfile.mkdtemp(prefix="mirrord-"))
+    agent_token = secrets.token_hex(16)
+    proxy_token = secrets.token_hex(16)
+    python = [sys.executable, "-m"]
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
+    agent, agent_info = spawn_ready(
+        "agent",
+        [
+            *python,
+            "mirrord.agent",
+            "--target",
+            target,
+            "--listen",
+            f"unix:{workdir / 'agent.sock'}",
+            "--idle-timeout",
+            str(AGENT_IDLE_TIMEOUT),
+            "--log-level",
+            log_level,
+        ],
+        {**base_env, "MIRRORD_AGENT_TOKEN": agent_token},
+        workdir / "agent.log",
+        START_TIMEOUT,
+    )
+    try:
+        proxy, _ = spawn_ready(
+            "intproxy",
+            [
+                *python,
+                "mirrord.proxy",
+                "--agent",
+                agent_info["address"],
+                "--socket",
+                str(workdir / "proxy.sock"),
+                "--watch-pid",
+                str(watch_pid or os.getpid()),
+                "--agent-pid",
+                str(agent.pid),
+                "--log-level",
+                log_level,
+            ],
+            {**base_env, "MIRRORD_AGENT_TOKEN": agent_token, "MIRRORD_PROXY_TOKEN": proxy_token},
+            workdir / "intproxy.log",
+            START_TIMEOUT,
+        )
+    except BaseException:
+        agent.kill()
+        raise
+    return Session(
+        target=target,
+        workdir=workdir,
+        proxy_socket=str(workdir / "proxy.sock"),
+        proxy_token=proxy_token,
+        agent_pid=agent.pid,
+        proxy_pid=proxy.pid,
+        layer_settings=layer_settings,
+    )
+
+
+def python_path_with_hook(current: str | None) -> str:
+    parts = [str(HOOK_DIR)] + [p for p in (current or "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))

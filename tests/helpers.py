@@ -1,0 +1,69 @@
+"""Running the real CLI the way a user does, and checking what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mirrord(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m mirrord ARGS...` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mirrord", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        input=input,
+    )
+
+
+def run_app(
+    target: str, code: str, *flags: str, tmp_path: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Write `code` as app.py and run it with `python -m mirrord -t TARGET FLAGS app.py`."""
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(code))
+    return mirrord("-t", target, *flags, str(script), timeout=timeout)
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    """The app prints its findings as one JSON line at the end."""
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live (non-zombie) processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def wait_gone(text: str, timeout: float = 10.0) -> list[int]:
+    """Wait until no process mentions `text`; returns the ones still there."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
