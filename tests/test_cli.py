@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, last_json, mirrord, run_app
+from helpers import last_json, mirrord, run_app
 
 from mirrord.lab import Lab
 
@@ -73,7 +73,9 @@ def test_module_mode(lab: Lab, tmp_path: Path) -> None:
         "print(json.dumps({'addr': socket.gethostbyname('backend.staging.svc'),"
         " 'greeting': os.environ.get('STAGING_GREETING')}))\n"
     )
-    proc = mirrord("-t", f"netns/{lab.staging_ns}", "-m", "probe_mod", env={"PYTHONPATH": str(tmp_path)})
+    proc = mirrord(
+        "-t", f"netns/{lab.staging_ns}", "-m", "probe_mod", env={"PYTHONPATH": str(tmp_path)}
+    )
     assert last_json(proc) == {"addr": lab.backend_addr, "greeting": "hello-from-staging"}
 
 
@@ -83,7 +85,9 @@ def test_exec_python_and_other_programs(lab: Lab) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == lab.backend_addr
     # a non-Python program gets the environment, and a warning that its traffic is not intercepted
-    proc = mirrord("exec", "-t", f"netns/{lab.staging_ns}", "--", "sh", "-c", "echo $STAGING_GREETING")
+    proc = mirrord(
+        "exec", "-t", f"netns/{lab.staging_ns}", "--", "sh", "-c", "echo $STAGING_GREETING"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "hello-from-staging"
     assert "not intercepted" in proc.stderr
@@ -122,7 +126,9 @@ def local_http_server() -> Iterator[int]:
         server.server_close()
 
 
-def test_ignore_localhost_and_outgoing_filter(lab: Lab, tmp_path: Path, local_http_server: int) -> None:
+def test_ignore_localhost_and_outgoing_filter(
+    lab: Lab, tmp_path: Path, local_http_server: int
+) -> None:
     code = f"""
         import json, socket, urllib.request
         out = {{}}
@@ -161,5 +167,7 @@ def test_sitecustomize_chain_keeps_the_apps_own(lab: Lab, tmp_path: Path) -> Non
         "print(json.dumps({'own': getattr(builtins, 'OWN_SITECUSTOMIZE', False),"
         " 'addr': socket.gethostbyname('backend.staging.svc')}))\n"
     )
-    proc = mirrord("-t", f"netns/{lab.staging_ns}", str(tmp_path / "app.py"), env={"PYTHONPATH": str(hook)})
+    proc = mirrord(
+        "-t", f"netns/{lab.staging_ns}", str(tmp_path / "app.py"), env={"PYTHONPATH": str(hook)}
+    )
     assert last_json(proc) == {"own": True, "addr": lab.backend_addr}
