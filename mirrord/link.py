@@ -1,6 +1,14 @@
-"""A framed message link over an anyio byte stream (agent and intproxy side)."""
+"""A framed message link over an anyio byte stream (agent and intproxy side).
+
+Over a unix socket a frame may carry a file descriptor (SCM_RIGHTS). Descriptors arrive
+no later than the bytes of their frame and in order, so the reader queues them and the
+consumer of a fd-carrying message takes the next one.
+"""
 
 from __future__ import annotations
+
+import os
+from collections import deque
 
 import anyio
 import anyio.abc
@@ -9,20 +17,30 @@ from mirrord.protocol import ClientHandshake, Codec, Error, Message, ProtocolErr
 from mirrord.protocol.codec import encode
 
 READ_SIZE = 256 * 1024
+#: Descriptors one read may bring; more would be silently closed by the kernel.
+MAX_FDS_PER_READ = 64
 
 
 class Link:
     """Sends and receives whole messages; one writer at a time."""
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, accept_fds: bool = False) -> None:
         self.stream = stream
         self._codec = Codec()
         self._send_lock = anyio.Lock()
+        self._fds: deque[int] = deque()
+        self.can_pass_fds = isinstance(stream, anyio.abc.UNIXSocketStream)
+        # only the intproxy takes descriptors (from its agent); anyone else's are closed
+        self._accept_fds = accept_fds and self.can_pass_fds
 
-    async def send(self, msg: Message) -> None:
+    async def send(self, msg: Message, fd: int | None = None) -> None:
         frame = encode(msg)
         async with self._send_lock:
-            await self.stream.send(frame)
+            if fd is None:
+                await self.stream.send(frame)
+            else:
+                assert isinstance(self.stream, anyio.abc.UNIXSocketStream)
+                await self.stream.send_fds(frame, [fd])
 
     async def receive(self) -> Message:
         """The next message; anyio.EndOfStream when the peer is gone."""
@@ -30,7 +48,21 @@ class Link:
             msg = self._codec.next_message()
             if msg is not None:
                 return msg
-            self._codec.feed(await self.stream.receive(READ_SIZE))
+            if self._accept_fds:
+                assert isinstance(self.stream, anyio.abc.UNIXSocketStream)
+                data, fds = await self.stream.receive_fds(READ_SIZE, MAX_FDS_PER_READ)
+                self._fds.extend(fds)
+                if len(self._fds) > MAX_FDS_PER_READ:
+                    raise ProtocolError("the peer sent descriptors nobody asked for")
+            else:
+                data = await self.stream.receive(READ_SIZE)
+            self._codec.feed(data)
+
+    def take_fd(self) -> int:
+        """The descriptor that came with the message just received."""
+        if not self._fds:
+            raise ProtocolError("a message announced a descriptor that did not arrive")
+        return self._fds.popleft()
 
     async def fail(self, exc: ProtocolError) -> None:
         """Tell the peer why it is being dropped, best effort."""
@@ -57,4 +89,6 @@ class Link:
         handshake.receive(await self.receive())
 
     async def aclose(self) -> None:
+        while self._fds:
+            os.close(self._fds.popleft())
         await self.stream.aclose()

@@ -20,3 +20,14 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture(params=["fd-passing", "relay"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a local agent carries connections: it hands the app the socket it
+    connected in the target, or it relays the bytes (as a remote agent must)."""
+    if request.param == "relay":
+        monkeypatch.setenv("MIRRORD_NO_FD_PASSING", "1")
+    else:
+        monkeypatch.delenv("MIRRORD_NO_FD_PASSING", raising=False)
+    return str(request.param)

@@ -134,7 +134,7 @@ def _kill_helper(session: str, module: str) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_killed_agent_gives_the_app_an_error(lab: Lab, tmp_path: Path) -> None:
+def test_killed_agent_gives_the_app_an_error(lab: Lab, tmp_path: Path, transport: str) -> None:
     proc, session = _start_looping_app(lab, tmp_path)
     _kill_helper(session, "mirrord.agent")
     started = time.monotonic()
@@ -146,7 +146,7 @@ def test_killed_agent_gives_the_app_an_error(lab: Lab, tmp_path: Path) -> None:
     assert wait_gone(session) == []
 
 
-def test_killed_intproxy_gives_the_app_an_error(lab: Lab, tmp_path: Path) -> None:
+def test_killed_intproxy_gives_the_app_an_error(lab: Lab, tmp_path: Path, transport: str) -> None:
     proc, session = _start_looping_app(lab, tmp_path)
     _kill_helper(session, "mirrord.proxy")
     out, err = proc.communicate(timeout=30)

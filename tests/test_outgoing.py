@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from helpers import last_json, run_app
 
 from mirrord.lab import Lab
+
+# every test here runs with both transports
+pytestmark = pytest.mark.usefixtures("transport")
 
 
 def target(lab: Lab) -> str:
@@ -26,7 +30,7 @@ def test_requests_reaches_backend_by_staging_name(lab: Lab, tmp_path: Path) -> N
     assert seen["client"] == lab.staging_backend_addr
 
 
-def test_stdlib_clients_reach_backend(lab: Lab, tmp_path: Path) -> None:
+def test_stdlib_clients_reach_backend(lab: Lab, tmp_path: Path, transport: str) -> None:
     code = """
         import http.client, json, socket, urllib.request
         out = {}
@@ -41,6 +45,7 @@ def test_stdlib_clients_reach_backend(lab: Lab, tmp_path: Path) -> None:
             raw += chunk
         out["raw"] = json.loads(raw.split(b"\\r\\n\\r\\n", 1)[1])["path"]
         out["peer"] = list(s.getpeername())
+        out["local"] = s.getsockname()[0]
         out["gethostbyname"] = socket.gethostbyname("backend.staging.svc")
         out["gethostbyname_ex"] = socket.gethostbyname_ex("backend.staging.svc")[2]
         out["hosts_file"] = socket.gethostbyname("hosts-only.staging.svc")
@@ -52,6 +57,9 @@ def test_stdlib_clients_reach_backend(lab: Lab, tmp_path: Path) -> None:
     assert seen["raw"] == "/raw"
     # getpeername reports the remote address, not the local relay
     assert seen["peer"] == [lab.backend_addr, 8080]
+    # a handed-over socket really lives in staging; a relayed one is local to this host
+    expected_local = lab.staging_backend_addr if transport == "fd-passing" else "127.0.0.1"
+    assert seen["local"] == expected_local
     assert seen["gethostbyname"] == lab.backend_addr
     assert seen["gethostbyname_ex"] == [lab.backend_addr]
     # staging's /etc/hosts (/etc/netns/NAME/hosts) is honoured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import anyio
@@ -14,18 +15,13 @@ from mirrord.protocol.messages import AddrInfo
 CONNECT_TIMEOUT = 30.0
 
 
-async def open_pipe(proto: str, host: str, port: int) -> tuple[Pipe, tuple[str, int]]:
-    """Connect from here; returns the pipe and its local address. Raises OSError."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if proto == "udp":
-        udp = await anyio.create_connected_udp_socket(
-            host, port, family=socket.AF_INET6 if ":" in host else socket.AF_INET
-        )
-        local = udp.extra(anyio.abc.SocketAttribute.local_address)
-        return ConnectedUdpPipe(udp), (str(local[0]), int(local[1]))
-    if proto != "tcp":
+async def connect_socket(proto: str, host: str, port: int) -> socket.socket:
+    """A socket connected from here (the target's namespace). Raises OSError."""
+    if proto not in ("tcp", "udp"):
         raise OSError(errno.EPROTONOSUPPORT, f"unsupported protocol {proto!r}")
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
     try:
         sock.setblocking(False)
         # connect by hand: anyio.connect_tcp folds the errno into a generic message
@@ -35,16 +31,23 @@ async def open_pipe(proto: str, host: str, port: int) -> tuple[Pipe, tuple[str, 
                 await anyio.wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
-        stream = await anyio.abc.SocketStream.from_socket(sock)
+            raise OSError(err, f"connect to {host}:{port}: {os.strerror(err)}")
     except TimeoutError:
         sock.close()
         raise OSError(errno.ETIMEDOUT, f"connect to {host}:{port} timed out") from None
     except BaseException:
         sock.close()
         raise
+    return sock
+
+
+async def open_pipe(proto: str, host: str, port: int) -> tuple[Pipe, tuple[str, int]]:
+    """Connect from here and wrap the socket for relaying; returns its local address too."""
+    sock = await connect_socket(proto, host, port)
     local = sock.getsockname()
-    return TcpPipe(stream), (local[0], local[1])
+    if proto == "udp":
+        return ConnectedUdpPipe(await anyio.abc.ConnectedUDPSocket.from_socket(sock)), local[:2]
+    return TcpPipe(await anyio.abc.SocketStream.from_socket(sock)), local[:2]
 
 
 async def resolve(

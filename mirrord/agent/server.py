@@ -19,6 +19,7 @@ from mirrord.mux import Mux
 from mirrord.protocol import (
     Connect,
     Connected,
+    ConnectedFd,
     Env,
     GetEnv,
     Message,
@@ -94,6 +95,9 @@ class ClientSession:
 
     async def connect(self, msg: Connect) -> None:
         try:
+            if msg.want_fd and self.link.can_pass_fds:
+                await self._connect_fd(msg)
+                return
             pipe, local = await outgoing.open_pipe(msg.proto, msg.host, msg.port)
         except OSError as exc:
             await self.link.send(
@@ -113,6 +117,22 @@ class ClientSession:
             )
         )
         self.mux.attach(conn, pipe)
+
+    async def _connect_fd(self, msg: Connect) -> None:
+        """Same host: hand over the connected socket itself, so no byte needs relaying."""
+        sock = await outgoing.connect_socket(msg.proto, msg.host, msg.port)
+        try:
+            local = sock.getsockname()
+            reply = ConnectedFd(
+                req=msg.req,
+                local_host=local[0],
+                local_port=local[1],
+                remote_host=msg.host,
+                remote_port=msg.port,
+            )
+            await self.link.send(reply, fd=sock.fileno())
+        finally:
+            sock.close()
 
     async def resolve(self, msg: Resolve) -> None:
         try:

@@ -127,6 +127,7 @@ def start_session(
                 str(agent.pid),
                 "--log-level",
                 log_level,
+                *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
             ],
             {**base_env, "MIRRORD_AGENT_TOKEN": agent_token, "MIRRORD_PROXY_TOKEN": proxy_token},
             workdir / "intproxy.log",

@@ -5,13 +5,21 @@ Runs inside the user's app: standard library and msgpack only.
 
 from __future__ import annotations
 
+import array
 import errno
 import itertools
 import os
 import socket
 import threading
 
-from mirrord.protocol import ClientHandshake, Codec, Message, ProtocolError, RequestFailed
+from mirrord.protocol import (
+    ClientHandshake,
+    Codec,
+    ConnectedFd,
+    Message,
+    ProtocolError,
+    RequestFailed,
+)
 from mirrord.protocol.codec import encode
 from mirrord.protocol.messages import with_req
 
@@ -23,11 +31,16 @@ class ProxyUnavailable(OSError):
     """The intproxy cannot be reached or stopped answering."""
 
 
+#: Room for the descriptors one read may bring (each ConnectedFd carries one).
+_FD_SPACE = socket.CMSG_SPACE(16 * 4)
+
+
 class _Channel:
     def __init__(self, path: str, token: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(REQUEST_TIMEOUT)
         self.codec = Codec()
+        self.fds: list[int] = []
         try:
             self.sock.connect(path)
             handshake = ClientHandshake(token, f"layer pid {os.getpid()}")
@@ -39,13 +52,27 @@ class _Channel:
 
     def receive(self) -> Message:
         while (msg := self.codec.next_message()) is None:
-            data = self.sock.recv(65536)
+            data, ancillary, _flags, _addr = self.sock.recvmsg(
+                65536, _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % 4
+                    self.fds.extend(array.array("i", payload[:usable]))
             if not data:
                 raise ProxyUnavailable(errno.ECONNABORTED, "mirrord: the intproxy closed the link")
             self.codec.feed(data)
         return msg
 
+    def take_fd(self) -> int:
+        if not self.fds:
+            raise ProtocolError("a reply announced a socket that did not arrive")
+        return self.fds.pop(0)
+
     def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
         self.sock.close()
 
 
@@ -87,14 +114,24 @@ class ProxyClient:
 
     def request(self, msg: Message) -> Message:
         """Send a request (its `req` is filled in) and wait for its reply."""
+        reply, fd = self.request_fd(msg)
+        if fd is not None:
+            os.close(fd)
+        return reply
+
+    def request_fd(self, msg: Message) -> tuple[Message, int | None]:
+        """Like `request`, with the socket a ConnectedFd reply carries (now the caller's)."""
         channel = self._channel()
         req = next(self._ids)
         try:
             channel.sock.sendall(encode(with_req(msg, req)))
             while True:
                 reply = channel.receive()
+                fd = channel.take_fd() if isinstance(reply, ConnectedFd) else None
                 if getattr(reply, "req", None) == req:
-                    return reply
+                    return reply, fd
+                if fd is not None:
+                    os.close(fd)
         except (OSError, ProtocolError) as exc:
             self._drop(channel)
             if isinstance(exc, ProxyUnavailable):

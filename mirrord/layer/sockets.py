@@ -8,6 +8,7 @@ Runs inside the user's app: standard library, wrapt and msgpack only.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -15,7 +16,7 @@ from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
 from mirrord.layer.context import Context, Redirect, ip_kind, peer_shape
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.patching import PatchFamily
-from mirrord.protocol import Connect, Connected, RequestFailed
+from mirrord.protocol import Connect, Connected, ConnectedFd, RequestFailed
 
 _INET = (socket.AF_INET, socket.AF_INET6)
 _PROTO = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}
@@ -66,19 +67,38 @@ class SocketPatches(PatchFamily):
         infos = socket.getaddrinfo(host, port, sock.family, sock.type)
         return str(infos[0][4][0])
 
-    def _redirect(self, sock: socket.socket, proto: str, host: str, port: int) -> Redirect:
+    def _ask_connect(
+        self, proto: str, host: str, port: int, want_fd: bool
+    ) -> tuple[Connected, None] | tuple[ConnectedFd, int]:
+        """Ask the intproxy to connect from the target; errors as the OSError a local
+        connect would raise."""
+        request = Connect(req=0, proto=proto, host=host, port=port, want_fd=want_fd)
+        try:
+            reply, fd = self.ctx.client.request_fd(request)
+        except ProxyUnavailable as exc:
+            raise OSError(errno.ENETUNREACH, str(exc)) from None
+        if isinstance(reply, ConnectedFd) and fd is not None:
+            return reply, fd
+        if isinstance(reply, Connected):
+            return reply, None
+        if isinstance(reply, RequestFailed):
+            raise failure_to_oserror(reply)
+        raise OSError(errno.EPROTO, "mirrord: unexpected answer to connect")
+
+    def _connect_remote(
+        self, sock: socket.socket, proto: str, host: str, port: int
+    ) -> Redirect | None:
+        """Connect `sock` from the target: the relay to connect to, or None when the
+        socket was replaced by one the agent connected (same host: no relaying at all)."""
         fd = sock.fileno()
         known = self.ctx.redirects.get(fd)
         if known is not None and known.remote[:2] == peer_shape(sock.family, host, port)[:2]:
             return known  # connect() again on a connecting socket: same relay, same errno
-        try:
-            reply = self.ctx.client.request(Connect(req=0, proto=proto, host=host, port=port))
-        except ProxyUnavailable as exc:
-            raise OSError(errno.ENETUNREACH, str(exc)) from None
-        if isinstance(reply, RequestFailed):
-            raise failure_to_oserror(reply)
-        if not isinstance(reply, Connected):
-            raise OSError(errno.EPROTO, "mirrord: unexpected answer to connect")
+        reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host))
+        if new_fd is not None:
+            _adopt(sock, new_fd, proto)
+            self.ctx.forget_fd(fd)
+            return None
         redirect = Redirect(
             relay=(reply.local_host, reply.local_port),
             remote=peer_shape(sock.family, host, port),
@@ -95,7 +115,9 @@ class SocketPatches(PatchFamily):
         route = self.route(sock, args[0] if args else kwargs.get("address"))
         if route is None:
             return wrapped(*args, **kwargs)
-        redirect = self._redirect(sock, *route)
+        redirect = self._connect_remote(sock, *route)
+        if redirect is None:
+            return None
         return wrapped(self._relay_address(sock, redirect.relay))
 
     def _connect_ex(self, wrapped: Any, sock: Any, args: tuple, kwargs: dict) -> Any:
@@ -103,11 +125,13 @@ class SocketPatches(PatchFamily):
             route = self.route(sock, args[0] if args else kwargs.get("address"))
             if route is None:
                 return wrapped(*args, **kwargs)
-            redirect = self._redirect(sock, *route)
+            redirect = self._connect_remote(sock, *route)
         except socket.gaierror:
             raise
         except OSError as exc:
             return exc.errno or errno.EIO
+        if redirect is None:
+            return 0
         return wrapped(self._relay_address(sock, redirect.relay))
 
     def _remote_of(self, sock: Any, address: Any) -> Any:
@@ -134,16 +158,7 @@ class SocketPatches(PatchFamily):
         relays = self.ctx.udp_relays.setdefault(fd, {})
         relay = relays.get(remote)
         if relay is None:
-            try:
-                reply = self.ctx.client.request(
-                    Connect(req=0, proto="udp", host=remote[0], port=remote[1])
-                )
-            except ProxyUnavailable as exc:
-                raise OSError(errno.ENETUNREACH, str(exc)) from None
-            if isinstance(reply, RequestFailed):
-                raise failure_to_oserror(reply)
-            if not isinstance(reply, Connected):
-                raise OSError(errno.EPROTO, "mirrord: unexpected answer to connect")
+            reply, _ = self._ask_connect("udp", remote[0], remote[1], want_fd=False)
             relay = relays[remote] = (reply.local_host, reply.local_port)
             self.ctx.udp_remotes.setdefault(fd, {})[relay] = peer_shape(sock.family, *remote)
         return self._relay_address(sock, relay)
@@ -177,3 +192,47 @@ class SocketPatches(PatchFamily):
         if fd >= 0 and getattr(sock, "_io_refs", 0) <= 0:
             self.ctx.forget_fd(fd)
         return wrapped(*args, **kwargs)
+
+
+#: Options an app may have set before connect(), carried over to an adopted socket.
+_CARRIED_OPTIONS = {
+    "tcp": [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    ],
+    "udp": [(socket.SOL_SOCKET, socket.SO_BROADCAST)],
+}
+
+
+def _adoptable(sock: socket.socket, host: str) -> bool:
+    """Can `sock` take over a socket connected in the target, losing nothing?"""
+    if (sock.family == socket.AF_INET6) != (":" in host):
+        return False
+    try:
+        # a socket bound to a local address or port must keep it: relay instead
+        return sock.getsockname()[1] == 0
+    except OSError:
+        return False
+
+
+def _adopt(sock: socket.socket, new_fd: int, proto: str) -> None:
+    """Make `sock`'s descriptor refer to `new_fd`'s socket (connected in the target)."""
+    try:
+        new = socket.socket(fileno=new_fd)
+        try:
+            for level, option in _CARRIED_OPTIONS[proto]:
+                try:
+                    new.setsockopt(level, option, sock.getsockopt(level, option))
+                except OSError:
+                    pass
+        finally:
+            new.detach()
+        timeout = sock.gettimeout()
+        os.dup2(new_fd, sock.fileno(), inheritable=sock.get_inheritable())
+        # the adopted description's blocking mode must match the socket object's timeout
+        sock.settimeout(timeout)
+    finally:
+        os.close(new_fd)

@@ -64,13 +64,18 @@ class Pong(Message):
 
 @dataclass(frozen=True, slots=True)
 class Connect(Message):
-    """Open an outgoing connection from the target: proto is "tcp" or "udp"."""
+    """Open an outgoing connection from the target: proto is "tcp" or "udp".
+
+    `want_fd`: the sender can take the connected socket itself (SCM_RIGHTS over a unix
+    socket on the same host); the answer is then ConnectedFd instead of Connected.
+    """
 
     TAG: ClassVar[str] = "connect"
     req: int
     proto: str
     host: str
     port: int
+    want_fd: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,18 @@ class Connected(Message):
     TAG: ClassVar[str] = "connected"
     req: int
     conn: int
+    local_host: str
+    local_port: int
+    remote_host: str
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectedFd(Message):
+    """Connected, and the socket (created in the target) travels with this frame."""
+
+    TAG: ClassVar[str] = "connected_fd"
+    req: int
     local_host: str
     local_port: int
     remote_host: str

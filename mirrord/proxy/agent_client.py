@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 from dataclasses import dataclass, field
 
 import anyio
@@ -12,7 +13,7 @@ import anyio.abc
 
 from mirrord.link import Link
 from mirrord.mux import Mux
-from mirrord.protocol import Message, Ping, Pong, ProtocolError, RequestFailed
+from mirrord.protocol import ConnectedFd, Message, Ping, Pong, ProtocolError, RequestFailed
 from mirrord.protocol.messages import with_req
 
 log = logging.getLogger("mirrord.proxy")
@@ -22,6 +23,7 @@ log = logging.getLogger("mirrord.proxy")
 class _Pending:
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: Message | None = None
+    fd: int | None = None
 
 
 class AgentGone(Exception):
@@ -40,19 +42,30 @@ class AgentClient:
 
     async def request(self, msg: Message) -> Message:
         """Send `msg` with a fresh request id; the agent's reply (or a RequestFailed)."""
+        reply, fd = await self.request_fd(msg)
+        if fd is not None:
+            os.close(fd)
+        return reply
+
+    async def request_fd(self, msg: Message) -> tuple[Message, int | None]:
+        """Like `request`, with the descriptor a ConnectedFd reply carries (the caller's)."""
         req = next(self._ids)
         if self.gone is not None:
-            return self._failure(req)
+            return self._failure(req), None
         pending = self._pending[req] = _Pending()
         try:
             await self.link.send(with_req(msg, req))
             await pending.done.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            return self._failure(req)
+            return self._failure(req), None
+        except BaseException:
+            if pending.fd is not None:
+                os.close(pending.fd)  # cancelled while the socket was on its way
+            raise
         finally:
             self._pending.pop(req, None)
         assert pending.reply is not None
-        return pending.reply
+        return pending.reply, pending.fd
 
     def _failure(self, req: int) -> RequestFailed:
         return RequestFailed(
@@ -70,10 +83,13 @@ class AgentClient:
                 msg = await self.link.receive()
                 if await self.mux.handle(msg):
                     continue
+                fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)
                 if req is not None and (pending := self._pending.get(req)) is not None:
-                    pending.reply = msg
+                    pending.reply, pending.fd = msg, fd
                     pending.done.set()
+                elif fd is not None:
+                    os.close(fd)
                 elif not isinstance(msg, Pong):
                     log.warning("unexpected %s from the agent", msg.TAG)
         except ProtocolError as exc:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -38,6 +39,7 @@ RELAY_HOST = "127.0.0.1"
 class ProxyState:
     token: str
     agent: AgentClient
+    pass_fds: bool = True
     layers: int = 0
     ever_connected: bool = False
     last_change: float = field(default_factory=time.monotonic)
@@ -87,7 +89,15 @@ class LayerSession:
 
     async def connect(self, msg: Connect) -> None:
         agent = self.state.agent
-        reply = await agent.request(msg)
+        # the socket itself when both the layer and the agent link can carry it
+        want_fd = msg.want_fd and agent.link.can_pass_fds and self.state.pass_fds
+        reply, fd = await agent.request_fd(replace(msg, want_fd=want_fd))
+        if fd is not None:
+            try:
+                await self.link.send(with_req(reply, msg.req), fd=fd)
+            finally:
+                os.close(fd)
+            return
         if not isinstance(reply, Connected):
             await self.link.send(with_req(reply, msg.req))
             return

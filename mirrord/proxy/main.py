@@ -71,14 +71,14 @@ async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> None:
     with anyio.fail_after(30):
         stream = await connect_agent(args.agent)
-    link = Link(stream)
+    link = Link(stream, accept_fds=True)
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
     async with anyio.create_task_group() as tg:
         agent = AgentClient(link, tg)
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
-        state = ProxyState(token=proxy_token, agent=agent)
+        state = ProxyState(token=proxy_token, agent=agent, pass_fds=not args.no_fd_passing)
         old = os.umask(0o177)  # only our user may talk to the intproxy
         try:
             listener = await anyio.create_unix_listener(args.socket)
@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
     parser.add_argument("--watch-pid", type=int, default=None)
     parser.add_argument("--agent-pid", type=int, default=None, help="a local agent to stop on exit")
+    parser.add_argument(
+        "--no-fd-passing",
+        action="store_true",
+        help="always relay bytes, even when the agent could hand over its sockets",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
