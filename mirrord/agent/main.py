@@ -13,7 +13,8 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from mirrord.agent.server import AgentState, serve
+from mirrord.agent.server import serve
+from mirrord.agent.session import AgentState
 from mirrord.agent.target import LocalTarget, TargetError, read_environ
 from mirrord.ready import announce_ready
 

@@ -1,4 +1,4 @@
-"""Outgoing connections and name resolution, from inside the target's namespaces."""
+"""Outgoing connections, name resolution and the environment, as the target sees them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import socket
 import anyio
 import anyio.abc
 
+from mirrord.agent.session import Feature
 from mirrord.mux import ConnectedUdpPipe, Pipe, TcpPipe
+from mirrord.protocol import Connect, Connected, ConnectedFd, Env, GetEnv, Resolve, Resolved
 from mirrord.protocol.messages import AddrInfo
 
 CONNECT_TIMEOUT = 30.0
@@ -62,3 +64,67 @@ async def resolve(
         for fam, typ, pro, canon, addr in infos
         if fam in (socket.AF_INET, socket.AF_INET6)
     ]
+
+
+class OutgoingFeature(Feature):
+    """Connect, Resolve and GetEnv requests of one client."""
+
+    handles = (Connect, Resolve, GetEnv)
+
+    async def handle(self, msg: Connect | Resolve | GetEnv) -> None:
+        if isinstance(msg, Connect):
+            await self.connect(msg)
+        elif isinstance(msg, Resolve):
+            await self.resolve(msg)
+        else:
+            await self.session.link.send(Env(req=msg.req, env=self.session.state.env))
+
+    async def connect(self, msg: Connect) -> None:
+        link = self.session.link
+        try:
+            if msg.want_fd and link.can_pass_fds:
+                await self._connect_fd(msg)
+                return
+            pipe, local = await open_pipe(msg.proto, msg.host, msg.port)
+        except OSError as exc:
+            await self.session.reply_failure(msg, exc.errno or 0, str(exc))
+            return
+        conn = self.session.state.new_conn_id()
+        # announce before attaching, so the client knows the conn when its Data arrives
+        await link.send(
+            Connected(
+                req=msg.req,
+                conn=conn,
+                local_host=local[0],
+                local_port=local[1],
+                remote_host=msg.host,
+                remote_port=msg.port,
+            )
+        )
+        self.session.mux.attach(conn, pipe)
+
+    async def _connect_fd(self, msg: Connect) -> None:
+        """Same host: hand over the connected socket itself, so no byte needs relaying."""
+        sock = await connect_socket(msg.proto, msg.host, msg.port)
+        try:
+            local = sock.getsockname()
+            reply = ConnectedFd(
+                req=msg.req,
+                local_host=local[0],
+                local_port=local[1],
+                remote_host=msg.host,
+                remote_port=msg.port,
+            )
+            await self.session.link.send(reply, fd=sock.fileno())
+        finally:
+            sock.close()
+
+    async def resolve(self, msg: Resolve) -> None:
+        try:
+            addrs = await resolve(msg.host, msg.port, msg.family, msg.type, msg.proto, msg.flags)
+        except socket.gaierror as exc:
+            await self.session.reply_failure(msg, exc.errno or 0, str(exc.strerror), kind="gai")
+        except (OSError, UnicodeError) as exc:
+            await self.session.reply_failure(msg, 0, str(exc))
+        else:
+            await self.session.link.send(Resolved(req=msg.req, addrs=addrs))

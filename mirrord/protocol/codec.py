@@ -102,13 +102,23 @@ class _Schema:
         return self.cls(**values)
 
 
-_SCHEMAS = {tag: _Schema(cls) for tag, cls in MESSAGES.items()}
+_SCHEMAS: dict[str, _Schema] = {}
+
+
+def _schema(tag: str) -> _Schema | None:
+    """The schema of a registered tag, built on first use (message modules add tags)."""
+    schema = _SCHEMAS.get(tag)
+    if schema is None and tag in MESSAGES:
+        schema = _SCHEMAS[tag] = _Schema(MESSAGES[tag])
+    return schema
 
 
 def encode(msg: Message) -> bytes:
     """One frame for `msg`."""
     body: dict[str, Any] = {"t": msg.TAG}
-    for name in _SCHEMAS[msg.TAG].field_names:
+    schema = _schema(msg.TAG)
+    assert schema is not None, f"unregistered message {msg.TAG}"
+    for name in schema.field_names:
         body[name] = _to_wire(getattr(msg, name))
     payload = msgpack.packb(body, use_bin_type=True)
     return _LEN.pack(len(payload)) + payload
@@ -123,7 +133,7 @@ def decode_payload(payload: bytes | memoryview) -> Message:
     if type(obj) is not dict:
         raise ProtocolError("frame is not a map")
     tag = obj.get("t")
-    schema = _SCHEMAS.get(tag) if type(tag) is str else None
+    schema = _schema(tag) if type(tag) is str else None
     if schema is None:
         raise ProtocolError(f"unknown message type {obj.get('t')!r:.40}")
     return schema.build(obj)

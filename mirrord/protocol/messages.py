@@ -20,9 +20,22 @@ MAX_CHUNK = 256 * 1024
 AddrInfo = tuple[int, int, int, str, str, int]
 
 
+#: Every message class by tag; each module of messages adds its own on import.
+MESSAGES: dict[str, type[Message]] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     TAG: ClassVar[str] = ""
+
+    def __init_subclass__(cls) -> None:
+        # no super(): slots=True dataclasses break its zero-argument form.
+        # dataclass(slots=True) builds a second class; it registers last and wins.
+        known = MESSAGES.get(cls.TAG)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise TypeError(f"message tag {cls.TAG!r} is taken by {known.__qualname__}")
+        if cls.TAG:
+            MESSAGES[cls.TAG] = cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,19 +192,6 @@ class Env(Message):
     TAG: ClassVar[str] = "env"
     req: int
     env: dict[str, str]
-
-
-def _all_messages() -> dict[str, type[Message]]:
-    # read the module namespace: with slots=True, __subclasses__() also lists the
-    # throw-away classes that dataclass() replaced
-    return {
-        cls.TAG: cls
-        for cls in globals().values()
-        if isinstance(cls, type) and issubclass(cls, Message) and cls.TAG
-    }
-
-
-MESSAGES: dict[str, type[Message]] = _all_messages()
 
 
 M = TypeVar("M", bound=Message)

@@ -19,12 +19,11 @@ from mirrord.mux import RelayUdpPipe, TcpPipe
 from mirrord.protocol import (
     Connect,
     Connected,
-    GetEnv,
+    Message,
     Ping,
     Pong,
     ProtocolError,
     RequestFailed,
-    Resolve,
 )
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
@@ -53,16 +52,22 @@ class LayerSession:
         self.link = link
         self.tg = tg
         self.udp_conns: list[int] = []
+        #: requests that need more than forwarding to the agent
+        self.handlers: dict[type[Message], Callable[[Any], Awaitable[None]]] = {
+            Connect: self.connect
+        }
 
     async def serve(self) -> None:
         while True:
             msg = await self.link.receive()
-            if isinstance(msg, Connect):
-                self.tg.start_soon(self._guarded, self.connect, msg)
-            elif isinstance(msg, Resolve | GetEnv):
-                self.tg.start_soon(self._guarded, self.forward, msg)
+            handler = self.handlers.get(type(msg))
+            if handler is not None:
+                self.tg.start_soon(self._guarded, handler, msg)
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
+            elif hasattr(msg, "req"):
+                # a plain request (name lookup, env, files...): the agent answers it
+                self.tg.start_soon(self._guarded, self.forward, msg)
             else:
                 raise ProtocolError(f"unexpected {msg.TAG} from a layer", "unexpected")
 
@@ -83,7 +88,7 @@ class LayerSession:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     pass
 
-    async def forward(self, msg: Resolve | GetEnv) -> None:
+    async def forward(self, msg: Any) -> None:
         reply = await self.state.agent.request(msg)
         await self.link.send(with_req(reply, msg.req))
 

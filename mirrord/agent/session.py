@@ -1,0 +1,117 @@
+"""One client of the agent and the features that answer its requests.
+
+A feature is a class with the request types it `handles`; the session makes one of each
+per client, runs each request in its own task (one failing request answers with an
+error, it does not end the session), and closes every feature when the client goes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+
+from mirrord.link import Link
+from mirrord.mux import Mux
+from mirrord.protocol import Message, Ping, Pong, ProtocolError, RequestFailed
+
+log = logging.getLogger("mirrord.agent")
+
+
+@dataclass
+class AgentState:
+    """What every session of one agent shares."""
+
+    token: str
+    env: dict[str, str]
+    idle_timeout: float
+    clients: int = 0
+    last_change: float = field(default_factory=time.monotonic)
+    next_conn: int = 1
+    #: features keep agent-wide state here (e.g. who subscribed to which port)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def new_conn_id(self) -> int:
+        conn, self.next_conn = self.next_conn, self.next_conn + 1
+        return conn
+
+
+class Feature:
+    """Per-client state and request handlers of one agent feature."""
+
+    handles: ClassVar[tuple[type[Message], ...]] = ()
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+
+    async def handle(self, msg: Any) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """The client is gone: release what this feature holds for it."""
+
+
+class ClientSession:
+    """One client (an intproxy or a CLI): its requests and its connections."""
+
+    def __init__(
+        self,
+        state: AgentState,
+        link: Link,
+        tg: anyio.abc.TaskGroup,
+        features: Sequence[type[Feature]],
+    ) -> None:
+        self.state = state
+        self.link = link
+        self.tg = tg
+        self.mux = Mux(link, tg)
+        self.features = [feature(self) for feature in features]
+        self._routes: dict[type[Message], Feature] = {
+            kind: feature for feature in self.features for kind in feature.handles
+        }
+
+    async def serve(self) -> None:
+        while True:
+            msg = await self.link.receive()
+            if await self.mux.handle(msg):
+                continue
+            feature = self._routes.get(type(msg))
+            if feature is not None:
+                self.tg.start_soon(self._guarded, feature, msg)
+            elif isinstance(msg, Ping):
+                await self.link.send(Pong(seq=msg.seq))
+            else:
+                raise ProtocolError(f"unexpected {msg.TAG} from a client", "unexpected")
+
+    async def _guarded(self, feature: Feature, msg: Any) -> None:
+        try:
+            await feature.handle(msg)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the client is gone
+        except Exception as exc:
+            log.exception("request %s failed", msg.TAG)
+            await self.reply_failure(msg, errno.EIO, f"agent: {exc}")
+
+    async def reply_failure(self, msg: Any, code: int, text: str, kind: str = "os") -> None:
+        with anyio.move_on_after(1):
+            try:
+                await self.link.send(
+                    RequestFailed(req=msg.req, kind=kind, errno=code, message=text)
+                )
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for feature in self.features:
+                try:
+                    await feature.aclose()
+                except Exception:
+                    log.exception("closing %s failed", type(feature).__name__)
+            await self.mux.close_all()
