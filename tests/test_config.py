@@ -119,10 +119,15 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     cfg = load(None)
     assert cfg.target.path is None
-    assert cfg.layer_settings() == {
-        "outgoing": {"tcp": True, "udp": True, "ignore_localhost": False, "filter": None},
-        "dns": {"enabled": True, "filter": None},
+    settings_ = cfg.layer_settings()
+    assert settings_["outgoing"] == {
+        "tcp": True,
+        "udp": True,
+        "ignore_localhost": False,
+        "filter": None,
     }
+    assert settings_["dns"] == {"enabled": True, "filter": None}
+    assert settings_["incoming"]["mode"] == "mirror"
     assert cfg.agent.ttl == 1
     assert cfg.unimplemented_keys == []
 
@@ -704,8 +709,6 @@ def test_unimplemented_keys_are_accepted_and_listed(tmp_path: Path) -> None:
         "feature.env.unset",
         "feature.fs.mode",
         "feature.fs.read_only",
-        "feature.network.incoming.http_filter.header_filter",
-        "feature.network.incoming.mode",
         "feature.network.ipv6",
         "feature.network.outgoing.unix_streams",
         "kubeconfig",
@@ -714,8 +717,8 @@ def test_unimplemented_keys_are_accepted_and_listed(tmp_path: Path) -> None:
 
 
 def test_unimplemented_keys_from_overrides() -> None:
-    cfg = load(None, **{"feature.network.incoming": "steal", "agent.ttl": 3})
-    assert cfg.unimplemented_keys == ["feature.network.incoming"]
+    cfg = load(None, **{"feature.copy_target": True, "agent.ttl": 3})
+    assert cfg.unimplemented_keys == ["feature.copy_target"]
 
 
 def test_mirrords_documented_example_loads(tmp_path: Path) -> None:
@@ -764,7 +767,7 @@ def test_layer_settings(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "m.json", FULL))
     settings_ = cfg.layer_settings()
     assert json.loads(json.dumps(settings_)) == settings_
-    assert settings_ == {
+    assert {key: settings_[key] for key in ("outgoing", "dns")} == {
         "outgoing": {
             "tcp": True,
             "udp": False,
@@ -800,10 +803,12 @@ def test_outgoing_local_names_are_resolved_locally_too() -> None:
 
 def test_disabled_network_disables_everything() -> None:
     cfg = load(None, **{"feature.network": False})
-    assert cfg.layer_settings() == {
+    settings_ = cfg.layer_settings()
+    assert {key: settings_[key] for key in ("outgoing", "dns")} == {
         "outgoing": {"tcp": False, "udp": False, "ignore_localhost": False, "filter": None},
         "dns": {"enabled": False, "filter": None},
     }
+    assert settings_["incoming"]["mode"] == "off"
 
 
 def test_outgoing_filter_single_string() -> None:

@@ -91,10 +91,23 @@ _IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "network", "outgoing", "ignore_localhost"),
     ("feature", "network", "outgoing", "filter"),
     ("feature", "network", "dns"),
+    ("feature", "network", "incoming", "mode"),
+    ("feature", "network", "incoming", "http_filter", "header_filter"),
+    ("feature", "network", "incoming", "http_filter", "path_filter"),
+    ("feature", "network", "incoming", "http_filter", "method_filter"),
+    ("feature", "network", "incoming", "http_filter", "all_of"),
+    ("feature", "network", "incoming", "http_filter", "any_of"),
+    ("feature", "network", "incoming", "http_filter", "ports"),
+    ("feature", "network", "incoming", "port_mapping"),
+    ("feature", "network", "incoming", "listen_ports"),
+    ("feature", "network", "incoming", "ignore_ports"),
+    ("feature", "network", "incoming", "ports"),
+    ("feature", "network", "incoming", "ignore_localhost"),
     ("agent", "ttl"),
 )
 # `true`/`false` on these sections only switches implemented things on or off.
 _IMPLEMENTED_TOGGLES: tuple[KeyPath, ...] = (
+    ("feature", "network", "incoming"),
     ("feature", "env"),
     ("feature", "network"),
     ("feature", "network", "outgoing"),
@@ -735,4 +748,5 @@ def _leaf_paths(
 def _is_implemented(key_path: KeyPath, value: Any) -> bool:
     if any(key_path[: len(p)] == p for p in _IMPLEMENTED):
         return True
-    return key_path in _IMPLEMENTED_TOGGLES and isinstance(value, bool)
+    # a bool switches a section; a string is the "mode" shorthand of a mode section
+    return key_path in _IMPLEMENTED_TOGGLES and isinstance(value, bool | str)

@@ -714,6 +714,30 @@ class OutgoingSettings:
 
 
 @dataclass(frozen=True)
+class IncomingSettings:
+    """``feature.network.incoming`` resolved (mode "off" when disabled)."""
+
+    mode: str = "mirror"
+    http_filter: dict[str, Any] | None = None
+    port_mapping: list[list[int]] = field(default_factory=list)
+    listen_ports: list[list[int]] = field(default_factory=list)
+    ignore_ports: list[int] = field(default_factory=list)
+    ports: list[int] | None = None
+    ignore_localhost: bool = False
+
+    def to_settings(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "http_filter": self.http_filter,
+            "port_mapping": self.port_mapping,
+            "listen_ports": self.listen_ports,
+            "ignore_ports": self.ignore_ports,
+            "ports": self.ports,
+            "ignore_localhost": self.ignore_localhost,
+        }
+
+
+@dataclass(frozen=True)
 class DnsSettings:
     enabled: bool = True
     filter: FilterSpec | None = None
@@ -801,6 +825,32 @@ class MirrordConfig(_Section):
         return network if isinstance(network, NetworkConfig) else NetworkConfig()
 
     @property
+    def incoming(self) -> IncomingSettings:
+        """``feature.network.incoming`` resolved: true is "mirror", false is "off"."""
+        network = self._network()
+        section = network.incoming if network is not None else False
+        if section is None or section is True:
+            return IncomingSettings()
+        if section is False:
+            return IncomingSettings(mode="off")
+        if isinstance(section, str):
+            return IncomingSettings(mode=section)
+        http_filter = section.http_filter
+        return IncomingSettings(
+            mode=section.mode or "mirror",
+            http_filter=(
+                http_filter.model_dump(exclude_none=True)
+                if isinstance(http_filter, HttpFilterConfig)
+                else None
+            ),
+            port_mapping=[list(pair) for pair in section.port_mapping or []],
+            listen_ports=[list(pair) for pair in section.listen_ports or []],
+            ignore_ports=list(section.ignore_ports or []),
+            ports=None if section.ports is None else list(section.ports),
+            ignore_localhost=bool(section.ignore_localhost),
+        )
+
+    @property
     def outgoing(self) -> OutgoingSettings:
         """``feature.network.outgoing`` resolved; disabled means ``tcp = udp = False``."""
         network = self._network()
@@ -855,6 +905,7 @@ class MirrordConfig(_Section):
                 "enabled": dns.enabled,
                 "filter": None if dns.filter is None else dns.filter.to_settings(),
             },
+            "incoming": self.incoming.to_settings(),
         }
 
 

@@ -5,6 +5,14 @@ Imported inside the user's app by the layer: standard library and msgpack only.
 
 from mirrord.protocol.codec import Codec, ProtocolError
 from mirrord.protocol.handshake import ClientHandshake, ServerHandshake
+from mirrord.protocol.incoming import (
+    ConnInfo,
+    ConnInfoReply,
+    IncomingConnection,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+)
 from mirrord.protocol.messages import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -29,6 +37,12 @@ from mirrord.protocol.messages import (
 )
 
 __all__ = [
+    "ConnInfo",
+    "ConnInfoReply",
+    "IncomingConnection",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
     "MAX_FRAME",
     "PROTOCOL_VERSION",
     "ClientHandshake",

@@ -1,0 +1,76 @@
+"""Messages of incoming traffic: subscriptions to the target's ports and the connections
+that arrive on them (mirrored copies or stolen originals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mirrord.protocol.messages import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
+    """Deliver connections to the target's `port`: mode "mirror" or "steal".
+
+    `http_filter` is mirrord's http_filter object as JSON ("" for none). On the layer
+    link, `local_host`/`local_port` say where the app really listens; the agent ignores them.
+    """
+
+    TAG: ClassVar[str] = "subscribe"
+    req: int
+    port: int
+    mode: str
+    http_filter: str
+    local_host: str
+    local_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed(Message):
+    TAG: ClassVar[str] = "subscribed"
+    req: int
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Message):
+    TAG: ClassVar[str] = "unsubscribe"
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingConnection(Message):
+    """A connection arrived at a subscribed port; its bytes follow as Data on `conn`."""
+
+    TAG: ClassVar[str] = "incoming"
+    conn: int
+    port: int
+    mode: str
+    remote_host: str
+    remote_port: int
+    local_host: str
+    local_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo(Message):
+    """Layer -> intproxy: who is really behind the connection the app accepted?
+
+    `listen_port` is the app's real listening port, `peer_port` the accepted socket's
+    peer port (the intproxy's end)."""
+
+    TAG: ClassVar[str] = "conn_info"
+    req: int
+    listen_port: int
+    peer_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfoReply(Message):
+    TAG: ClassVar[str] = "conn_info_reply"
+    req: int
+    remote_host: str
+    remote_port: int
+    local_host: str
+    local_port: int
