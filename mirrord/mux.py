@@ -45,7 +45,8 @@ class TcpPipe:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family != socket.AF_UNIX:  # socket pairs stand in for TCP in the agent
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def receive(self, max_bytes: int) -> bytes:
         return await self.stream.receive(max_bytes)

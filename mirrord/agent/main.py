@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
 from mirrord.agent.target import LocalTarget, TargetError, read_environ
@@ -76,16 +77,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mirrord agent: {exc}", file=sys.stderr)
         return 1
     state = AgentState(token=token, env=env, idle_timeout=args.idle_timeout)
-    announce_ready(address=describe(listen_sock))
+    _remove_stale_rules()
+    address = describe(listen_sock)
+    announce_ready(address=address)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         anyio.run(_run, listen_sock, state)
     except KeyboardInterrupt:
         pass
     finally:
-        if listen_sock.family == socket.AF_UNIX:
-            Path(listen_sock.getsockname()).unlink(missing_ok=True)
+        # also on SIGTERM: no iptables rule may outlive the agent
+        state.close_shared()
+        if address.startswith("unix:"):
+            Path(address[5:]).unlink(missing_ok=True)
     return 0
+
+
+def _remove_stale_rules() -> None:
+    """Rules left in this namespace by an agent that was killed before it could clean up."""
+    try:
+        remove_stale_chains()
+    except IptablesError as exc:
+        logging.getLogger("mirrord.agent").info("no iptables here: %s", exc)
 
 
 async def _run(listen_sock: socket.socket, state: AgentState) -> None:

@@ -8,6 +8,7 @@ import time
 import anyio
 import anyio.abc
 
+from mirrord.agent.incoming import IncomingFeature
 from mirrord.agent.outgoing import OutgoingFeature
 from mirrord.agent.session import AgentState, ClientSession, Feature
 from mirrord.link import Link
@@ -16,7 +17,7 @@ from mirrord.protocol import ProtocolError
 log = logging.getLogger("mirrord.agent")
 HANDSHAKE_TIMEOUT = 10.0
 #: Everything the agent can do for a client, one feature per concern.
-FEATURES: list[type[Feature]] = [OutgoingFeature]
+FEATURES: list[type[Feature]] = [OutgoingFeature, IncomingFeature]
 
 
 async def handle_client(state: AgentState, stream: anyio.abc.ByteStream) -> None:
@@ -53,6 +54,7 @@ async def handle_client(state: AgentState, stream: anyio.abc.ByteStream) -> None
 async def serve(listener: anyio.abc.Listener[anyio.abc.ByteStream], state: AgentState) -> None:
     """Serve until no client has been connected for the idle timeout."""
     async with anyio.create_task_group() as tg:
+        state.tg = tg
         tg.start_soon(listener.serve, lambda s: handle_client(state, s))
         while True:
             await anyio.sleep(0.1)

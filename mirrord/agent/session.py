@@ -36,6 +36,18 @@ class AgentState:
     next_conn: int = 1
     #: features keep agent-wide state here (e.g. who subscribed to which port)
     shared: dict[str, Any] = field(default_factory=dict)
+    #: agent-wide tasks (listeners, sniffers) run here, beyond any one client
+    tg: anyio.abc.TaskGroup | None = None
+
+    def close_shared(self) -> None:
+        """Release agent-wide resources (iptables rules...); safe to call twice."""
+        for service in list(self.shared.values()):
+            close = getattr(service, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing %s failed", type(service).__name__)
 
     def new_conn_id(self) -> int:
         conn, self.next_conn = self.next_conn, self.next_conn + 1

@@ -140,6 +140,17 @@ class ProxyClient:
                 errno.ECONNABORTED, f"mirrord: intproxy link failed: {exc}"
             ) from None
 
+    def notify(self, msg: Message) -> None:
+        """Send a message that has no reply."""
+        channel = self._channel()
+        try:
+            channel.sock.sendall(encode(msg))
+        except OSError as exc:
+            self._drop(channel)
+            raise ProxyUnavailable(
+                errno.ECONNABORTED, f"mirrord: intproxy link failed: {exc}"
+            ) from None
+
     def _drop(self, channel: _Channel) -> None:
         channel.close()
         self._local.channel = None

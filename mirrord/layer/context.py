@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import socket
 import threading
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from typing import Any
 
 from mirrord.layer.client import ProxyClient
 from mirrord.layer.outgoing_filter import OutgoingFilter
+from mirrord.protocol import Unsubscribe
 
 #: How many resolved addresses remember the names they came from (for name filters).
 NAME_MEMORY = 4096
@@ -30,6 +32,7 @@ class LayerSettings:
     )
     remote_dns: bool = True
     dns_filter: OutgoingFilter | None = None
+    incoming: IncomingSettings = field(default_factory=lambda: IncomingSettings.from_dict({}))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerSettings:
@@ -43,6 +46,32 @@ class LayerSettings:
             outgoing_filter=OutgoingFilter.from_settings(outgoing.get("filter")),
             remote_dns=bool(dns.get("enabled", True)),
             dns_filter=OutgoingFilter.from_settings(dns_filter) if dns_filter else None,
+            incoming=IncomingSettings.from_dict(data.get("incoming") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class IncomingSettings:
+    mode: str = "mirror"  # "mirror" | "steal" | "off"
+    http_filter: str = ""  # mirrord's http_filter object, as JSON
+    port_mapping: dict[int, int] = field(default_factory=dict)  # local -> remote
+    listen_ports: dict[int, int] = field(default_factory=dict)  # remote -> local to use
+    ignore_ports: frozenset[int] = frozenset()
+    ports: frozenset[int] | None = None
+    ignore_localhost: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IncomingSettings:
+        ports = data.get("ports")
+        http_filter = data.get("http_filter")
+        return cls(
+            mode=str(data.get("mode") or "mirror"),
+            http_filter=json.dumps(http_filter) if http_filter else "",
+            port_mapping={int(a): int(b) for a, b in data.get("port_mapping") or []},
+            listen_ports={int(a): int(b) for a, b in data.get("listen_ports") or []},
+            ignore_ports=frozenset(int(p) for p in data.get("ignore_ports") or []),
+            ports=None if ports is None else frozenset(int(p) for p in ports),
+            ignore_localhost=bool(data.get("ignore_localhost", False)),
         )
 
 
@@ -52,6 +81,16 @@ class Redirect:
 
     relay: tuple[str, int]
     remote: tuple[Any, ...]  # as getpeername() would report it for this socket's family
+    local: tuple[Any, ...] | None = None  # as getsockname() should report it (incoming)
+
+
+@dataclass(slots=True)
+class Listening:
+    """A socket the app asked to listen on `requested`; the target's port is `remote_port`."""
+
+    requested: tuple[Any, ...]
+    remote_port: int
+    subscribed: bool = False
 
 
 class Context:
@@ -63,6 +102,7 @@ class Context:
         # unconnected UDP: fd -> {remote (host, port): relay (host, port)} and back
         self.udp_relays: dict[int, dict[tuple[str, int], tuple[str, int]]] = {}
         self.udp_remotes: dict[int, dict[tuple[str, int], tuple[Any, ...]]] = {}
+        self.listening: dict[int, Listening] = {}
         self._names: OrderedDict[str, set[str]] = OrderedDict()
         self._names_lock = threading.Lock()
 
@@ -81,6 +121,12 @@ class Context:
         self.redirects.pop(fd, None)
         self.udp_relays.pop(fd, None)
         self.udp_remotes.pop(fd, None)
+        listening = self.listening.pop(fd, None)
+        if listening is not None and listening.subscribed:
+            try:
+                self.client.notify(Unsubscribe(port=listening.remote_port))
+            except OSError:
+                pass  # the intproxy is gone: so is the subscription
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from mirrord.layer.client import ProxyClient
 from mirrord.layer.context import Context, LayerSettings
 from mirrord.layer.dns import DnsPatches
+from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
 
@@ -24,7 +25,11 @@ class Layer:
     def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
         self.context = Context(settings, client)
         dns = DnsPatches(self.context)
-        self.families: list[PatchFamily] = [dns, SocketPatches(self.context, dns)]
+        self.families: list[PatchFamily] = [
+            dns,
+            SocketPatches(self.context, dns),
+            IncomingPatches(self.context),
+        ]
         self._fork_hook = False
 
     @classmethod

@@ -6,6 +6,7 @@ import errno
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -13,7 +14,15 @@ import anyio.abc
 
 from mirrord.link import Link
 from mirrord.mux import Mux
-from mirrord.protocol import ConnectedFd, Message, Ping, Pong, ProtocolError, RequestFailed
+from mirrord.protocol import (
+    ConnectedFd,
+    IncomingConnection,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    RequestFailed,
+)
 from mirrord.protocol.messages import with_req
 
 log = logging.getLogger("mirrord.proxy")
@@ -39,6 +48,8 @@ class AgentClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
+        #: called for each IncomingConnection, in order, before its first Data frame
+        self.on_incoming: Callable[[IncomingConnection], None] | None = None
 
     async def request(self, msg: Message) -> Message:
         """Send `msg` with a fresh request id; the agent's reply (or a RequestFailed)."""
@@ -82,6 +93,11 @@ class AgentClient:
             while True:
                 msg = await self.link.receive()
                 if await self.mux.handle(msg):
+                    continue
+                if isinstance(msg, IncomingConnection):
+                    if self.on_incoming is None:
+                        raise ProtocolError("an incoming connection nobody subscribed to")
+                    self.on_incoming(msg)
                     continue
                 fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)

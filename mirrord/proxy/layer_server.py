@@ -19,14 +19,18 @@ from mirrord.mux import RelayUdpPipe, TcpPipe
 from mirrord.protocol import (
     Connect,
     Connected,
+    ConnInfo,
     Message,
     Ping,
     Pong,
     ProtocolError,
     RequestFailed,
+    Subscribe,
+    Unsubscribe,
 )
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
+from mirrord.proxy.incoming import IncomingRouter
 
 log = logging.getLogger("mirrord.proxy")
 #: How long a relay address waits for the app's connect before the remote side is dropped.
@@ -38,6 +42,7 @@ RELAY_HOST = "127.0.0.1"
 class ProxyState:
     token: str
     agent: AgentClient
+    incoming: IncomingRouter
     pass_fds: bool = True
     layers: int = 0
     ever_connected: bool = False
@@ -54,7 +59,9 @@ class LayerSession:
         self.udp_conns: list[int] = []
         #: requests that need more than forwarding to the agent
         self.handlers: dict[type[Message], Callable[[Any], Awaitable[None]]] = {
-            Connect: self.connect
+            Connect: self.connect,
+            Subscribe: self.subscribe,
+            ConnInfo: self.conn_info,
         }
 
     async def serve(self) -> None:
@@ -65,6 +72,8 @@ class LayerSession:
                 self.tg.start_soon(self._guarded, handler, msg)
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
+            elif isinstance(msg, Unsubscribe):
+                await self.state.incoming.unsubscribe(msg.port)
             elif hasattr(msg, "req"):
                 # a plain request (name lookup, env, files...): the agent answers it
                 self.tg.start_soon(self._guarded, self.forward, msg)
@@ -87,6 +96,12 @@ class LayerSession:
                     await self.link.send(failure)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     pass
+
+    async def subscribe(self, msg: Subscribe) -> None:
+        await self.link.send(await self.state.incoming.subscribe(self, msg))
+
+    async def conn_info(self, msg: ConnInfo) -> None:
+        await self.link.send(self.state.incoming.conn_info(msg))
 
     async def forward(self, msg: Any) -> None:
         reply = await self.state.agent.request(msg)
@@ -145,6 +160,7 @@ class LayerSession:
         )
 
     async def close(self) -> None:
+        await self.state.incoming.drop_owner(self)
         for conn in self.udp_conns:
             await self.state.agent.mux.reset(conn)
 

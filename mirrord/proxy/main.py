@@ -16,6 +16,7 @@ import anyio.abc
 from mirrord.link import Link
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
+from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
 from mirrord.ready import announce_ready
 
@@ -78,7 +79,11 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> N
         agent = AgentClient(link, tg)
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
-        state = ProxyState(token=proxy_token, agent=agent, pass_fds=not args.no_fd_passing)
+        incoming = IncomingRouter(agent, tg)
+        agent.on_incoming = incoming.on_incoming
+        state = ProxyState(
+            token=proxy_token, agent=agent, incoming=incoming, pass_fds=not args.no_fd_passing
+        )
         old = os.umask(0o177)  # only our user may talk to the intproxy
         try:
             listener = await anyio.create_unix_listener(args.socket)

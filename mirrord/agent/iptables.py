@@ -1,0 +1,126 @@
+"""iptables nat REDIRECT rules that steal ports, in chains of our own name.
+
+Every agent owns one chain `MIRRORD_<pid>` in the nat table, jumped to from PREROUTING
+(traffic from outside the target) and OUTPUT (traffic from inside it, except the
+agent's own connections, which carry `MARK`). Rules go when their port is released,
+all of them when the agent exits, and chains of agents that died without cleaning up
+(SIGKILL) are removed when the next agent starts in that namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+
+log = logging.getLogger("mirrord.agent")
+
+PREFIX = "MIRRORD_"
+#: fwmark on the agent's own connections to the original service: never redirected
+MARK = 0x6D7264
+_CHAIN = re.compile(rf"^-N ({PREFIX}(\d+))$")
+
+
+class IptablesError(RuntimeError):
+    pass
+
+
+def _iptables(*args: str, check: bool = True) -> str:
+    try:
+        proc = subprocess.run(
+            ["iptables", "-w", "5", "-t", "nat", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        raise IptablesError("iptables is not installed where the target runs") from None
+    if check and proc.returncode != 0:
+        raise IptablesError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _jumps(chain: str) -> list[tuple[str, ...]]:
+    return [
+        ("PREROUTING", "-j", chain),
+        ("OUTPUT", "-m", "mark", "!", "--mark", str(MARK), "-j", chain),
+    ]
+
+
+def _remove_chain(chain: str) -> None:
+    for hook, *rule in _jumps(chain):
+        # a crashed predecessor may have inserted a jump more than once
+        for _ in range(10):
+            if not _has_jump(hook, chain):
+                break
+            _iptables("-D", hook, *rule, check=False)
+    _iptables("-F", chain, check=False)
+    _iptables("-X", chain, check=False)
+
+
+def _has_jump(hook: str, chain: str) -> bool:
+    return any(f"-j {chain}" in line for line in _iptables("-S", hook, check=False).splitlines())
+
+
+def remove_stale_chains() -> list[str]:
+    """Chains of agents that are gone (crashed, killed); returns their names."""
+    removed = []
+    for line in _iptables("-S", check=False).splitlines():
+        match = _CHAIN.match(line.strip())
+        if match is None:
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            _remove_chain(match.group(1))
+            removed.append(match.group(1))
+    if removed:
+        log.info("removed iptables chains left by dead agents: %s", ", ".join(removed))
+    return removed
+
+
+class Redirects:
+    """This agent's REDIRECT rules: target port -> the agent's stealing listener."""
+
+    def __init__(self, to_port: int) -> None:
+        self.to_port = to_port
+        self.chain = f"{PREFIX}{os.getpid()}"
+        self.ports: set[int] = set()
+        self._created = False
+
+    def _rule(self, port: int) -> tuple[str, ...]:
+        return (
+            "-p",
+            "tcp",
+            "--dport",
+            str(port),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            str(self.to_port),
+        )
+
+    def add(self, port: int) -> None:
+        if not self._created:
+            remove_stale_chains()
+            _iptables("-N", self.chain)
+            for hook, *rule in _jumps(self.chain):
+                _iptables("-I", hook, "1", *rule)
+            self._created = True
+        if port not in self.ports:
+            _iptables("-A", self.chain, *self._rule(port))
+            self.ports.add(port)
+
+    def remove(self, port: int) -> None:
+        if port in self.ports:
+            _iptables("-D", self.chain, *self._rule(port), check=False)
+            self.ports.discard(port)
+        if not self.ports:
+            self.close()
+
+    def close(self) -> None:
+        """Remove every rule and the chain (idempotent)."""
+        if self._created:
+            _remove_chain(self.chain)
+            self._created = False
+            self.ports.clear()
