@@ -1,0 +1,239 @@
+"""Incoming traffic: the target's port comes to the local app (steal) or a copy of it does
+(mirror). Real servers under mirrord, real clients, real iptables in the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from helpers import REPO, mirrord, processes_mentioning, wait_gone
+
+from mirrord.lab import Lab
+
+SERVERS = {
+    "http.server": """
+        import http.server, json, os, sys
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                reply = json.dumps({"who": "local-app", "client": self.client_address[0],
+                                    "body": body.decode(), "port": self.server.socket.getsockname()[1]}).encode()
+                self.send_response(200); self.send_header("Content-Length", str(len(reply)))
+                self.end_headers(); self.wfile.write(reply)
+            def log_message(self, *a): pass
+        srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H)
+        print("ready", flush=True)
+        srv.serve_forever()
+    """,
+    "asyncio": """
+        import asyncio, json
+        async def handle(reader, writer):
+            while True:
+                head = await reader.readuntil(b"\\r\\n\\r\\n")
+                length = int([l for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+                body = await reader.readexactly(length)
+                peer = writer.get_extra_info("peername")[0]
+                port = writer.get_extra_info("sockname")[1]
+                reply = json.dumps({"who": "local-app", "client": peer, "body": body.decode(), "port": port}).encode()
+                writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
+                await writer.drain()
+        async def main():
+            server = await asyncio.start_server(handle, "0.0.0.0", 8080)
+            print("ready", flush=True)
+            await server.serve_forever()
+        asyncio.run(main())
+    """,
+    "uvicorn": """
+        import json, uvicorn
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            body = b""
+            while True:
+                event = await receive()
+                body += event.get("body", b"")
+                if not event.get("more_body"):
+                    break
+            reply = json.dumps({"who": "local-app", "client": scope["client"][0],
+                                "body": body.decode(), "port": scope["server"][1]}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(reply)).encode())]})
+            await send({"type": "http.response.body", "body": reply})
+        class Ready(uvicorn.Server):
+            async def startup(self, sockets=None):
+                await super().startup(sockets)
+                print("ready", flush=True)
+        # loop="asyncio": uvloop sockets live in libuv, where only the native relay sees them
+        Ready(uvicorn.Config(app, host="0.0.0.0", port=8080, log_level="warning", loop="asyncio")).run()
+    """,
+    "raw socket": """
+        import json, socket, threading
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", 8080))
+        srv.listen()
+        print("ready", flush=True)
+        def serve(conn, addr):
+            data = b""
+            with conn:
+                while True:
+                    while b"\\r\\n\\r\\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        data += chunk
+                    head, data = data.split(b"\\r\\n\\r\\n", 1)
+                    length = int([l for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    body, data = data[:length], data[length:]
+                    reply = json.dumps({"who": "local-app", "client": addr[0], "body": body.decode(),
+                                        "port": srv.getsockname()[1]}).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
+        while True:
+            threading.Thread(target=serve, args=srv.accept(), daemon=True).start()
+    """,
+}
+
+
+class App:
+    """A local server run under mirrord until the test ends."""
+
+    def __init__(self, lab: Lab, tmp_path: Path, code: str, *flags: str) -> None:
+        script = tmp_path / "server.py"
+        script.write_text(textwrap.dedent(code))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mirrord", "-t", f"netns/{lab.staging_ns}", *flags, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise AssertionError(
+                f"app did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_app(lab: Lab, tmp_path: Path) -> Iterator:
+    apps: list[App] = []
+
+    def start(code: str, *flags: str) -> App:
+        apps.append(App(lab, tmp_path, code, *flags))
+        return apps[-1]
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+def steal_config(tmp_path: Path, incoming: object) -> str:
+    path = tmp_path / "mirrord.json"
+    path.write_text(json.dumps({"feature": {"network": {"incoming": incoming}}}))
+    return str(path)
+
+
+def nat_rules(lab: Lab) -> str:
+    return lab.run_in(lab.staging_ns, ["iptables-save", "-t", "nat"]).stdout
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_steal_gives_the_client_the_local_apps_answers(
+    lab: Lab, tmp_path: Path, start_app, server: str
+) -> None:
+    app = start_app(SERVERS[server], "-f", steal_config(tmp_path, "steal"))
+    url = f"http://{lab.staging_addr}:8080/"
+    with requests.Session() as client:  # keep-alive: several requests per connection
+        answers = [client.post(url, data=f"body-{i}", timeout=10).json() for i in range(20)]
+    assert [a["body"] for a in answers] == [f"body-{i}" for i in range(20)]
+    assert {a["who"] for a in answers} == {"local-app"}
+    # the app sees the real client and the port it asked for
+    assert {a["client"] for a in answers} == {lab.host_addr}
+    assert {a["port"] for a in answers} == {8080}
+    assert "MIRRORD_" in nat_rules(lab)
+    app.stop()
+    # the staging service answers again and no rule is left behind
+    assert wait_for(lambda: "MIRRORD_" not in nat_rules(lab))
+    assert requests.get(url, timeout=10).text == "staging-service"
+
+
+def test_steal_works_when_the_port_is_taken_here(lab: Lab, tmp_path: Path, start_app) -> None:
+    blocker = socket.socket()
+    blocker.bind(("0.0.0.0", 8080))
+    blocker.listen()
+    try:
+        start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, "steal"))
+        answer = requests.post(f"http://{lab.staging_addr}:8080/", data="x", timeout=10).json()
+        assert answer["who"] == "local-app"
+        assert answer["port"] == 8080  # getsockname still reports the port it asked for
+    finally:
+        blocker.close()
+
+
+def test_clients_inside_the_target_are_stolen_too(lab: Lab, tmp_path: Path, start_app) -> None:
+    start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, "steal"))
+    code = f"import urllib.request; print(urllib.request.urlopen(urllib.request.Request('http://{lab.staging_addr}:8080/', data=b'in')).read().decode())"
+    out = lab.run_in(lab.staging_ns, [sys.executable, "-c", code]).stdout
+    assert json.loads(out)["who"] == "local-app"
+
+
+def test_rules_of_a_killed_agent_go_at_the_next_start(lab: Lab, tmp_path: Path, start_app) -> None:
+    app = start_app(
+        SERVERS["http.server"].replace(
+            'print("ready", flush=True)',
+            'print("ready", flush=True); import os; print(os.environ["MIRRORD_INTPROXY_SOCKET"], flush=True)',
+        ),
+        "-f",
+        steal_config(tmp_path, "steal"),
+    )
+    session = os.path.dirname(app.proc.stdout.readline().strip())
+    agents = [
+        p
+        for p in processes_mentioning(session)
+        if b"mirrord.agent" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert agents
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    app.stop()
+    assert wait_gone(session) == []
+    assert "MIRRORD_" in nat_rules(lab)  # SIGKILL leaves no chance to clean up
+    # any new session in that namespace removes what the dead agent left
+    (tmp_path / "noop.py").write_text("print('noop')")
+    proc = mirrord("-t", f"netns/{lab.staging_ns}", str(tmp_path / "noop.py"))
+    assert proc.returncode == 0, proc.stderr
+    assert "MIRRORD_" not in nat_rules(lab)
+    assert requests.get(f"http://{lab.staging_addr}:8080/", timeout=10).text == "staging-service"
