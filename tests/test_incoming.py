@@ -192,6 +192,7 @@ def test_steal_gives_the_client_the_local_apps_answers(
 
 def test_steal_works_when_the_port_is_taken_here(lab: Lab, tmp_path: Path, start_app) -> None:
     blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAIT
     blocker.bind(("0.0.0.0", 8080))
     blocker.listen()
     try:

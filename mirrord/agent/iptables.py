@@ -1,6 +1,6 @@
 """iptables nat REDIRECT rules that steal ports, in chains of our own name.
 
-Every agent owns one chain `MIRRORD_<pid>` in the nat table, jumped to from PREROUTING
+Every agent owns one chain `MIRRORD_<pid>_<start time>` in the nat table, jumped to from PREROUTING
 (traffic from outside the target) and OUTPUT (traffic from inside it, except the
 agent's own connections, which carry `MARK`). Rules go when their port is released,
 all of them when the agent exits, and chains of agents that died without cleaning up
@@ -14,12 +14,19 @@ import os
 import re
 import subprocess
 
+from mirrord.procfs import process_start
+
 log = logging.getLogger("mirrord.agent")
 
 PREFIX = "MIRRORD_"
 #: fwmark on the agent's own connections to the original service: never redirected
 MARK = 0x6D7264
-_CHAIN = re.compile(rf"^-N ({PREFIX}(\d+))$")
+_CHAIN = re.compile(rf"^-N ({PREFIX}(\d+)_(\d+))$")
+
+
+def chain_name(pid: int) -> str:
+    """Our chain: pid and start time, so a reused pid is not mistaken for its owner."""
+    return f"{PREFIX}{pid}_{process_start(pid) or 0}"
 
 
 class IptablesError(RuntimeError):
@@ -70,8 +77,8 @@ def remove_stale_chains() -> list[str]:
         match = _CHAIN.match(line.strip())
         if match is None:
             continue
-        pid = int(match.group(2))
-        if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        pid, started = int(match.group(2)), int(match.group(3))
+        if pid != os.getpid() and process_start(pid) != started:
             _remove_chain(match.group(1))
             removed.append(match.group(1))
     if removed:
@@ -84,7 +91,7 @@ class Redirects:
 
     def __init__(self, to_port: int) -> None:
         self.to_port = to_port
-        self.chain = f"{PREFIX}{os.getpid()}"
+        self.chain = chain_name(os.getpid())
         self.ports: set[int] = set()
         self._created = False
 

@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 
 from mirrord.link import Link
+from mirrord.procfs import process_start
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
@@ -36,20 +37,6 @@ async def connect_agent(address: str) -> anyio.abc.ByteStream:
     return await anyio.connect_tcp(host.strip("[]"), int(port))
 
 
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # a zombie has exited too
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
     """Return when the app and every layer are gone."""
     started = time.monotonic()
@@ -59,7 +46,7 @@ async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
             continue
         idle = time.monotonic() - state.last_change
         if app_pid is not None:
-            if _process_gone(app_pid) and idle >= GRACE:
+            if process_start(app_pid) is None and idle >= GRACE:
                 return
         elif (
             state.ever_connected
