@@ -29,6 +29,7 @@ SERVERS = {
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 reply = json.dumps({"who": "local-app", "client": self.client_address[0],
                                     "body": body.decode(), "port": self.server.socket.getsockname()[1]}).encode()
+                print(reply.decode(), flush=True)
                 self.send_response(200); self.send_header("Content-Length", str(len(reply)))
                 self.end_headers(); self.wfile.write(reply)
             def log_message(self, *a): pass
@@ -46,6 +47,7 @@ SERVERS = {
                 peer = writer.get_extra_info("peername")[0]
                 port = writer.get_extra_info("sockname")[1]
                 reply = json.dumps({"who": "local-app", "client": peer, "body": body.decode(), "port": port}).encode()
+                print(reply.decode(), flush=True)
                 writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
                 await writer.drain()
         async def main():
@@ -67,6 +69,7 @@ SERVERS = {
                     break
             reply = json.dumps({"who": "local-app", "client": scope["client"][0],
                                 "body": body.decode(), "port": scope["server"][1]}).encode()
+            print(reply.decode(), flush=True)
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", str(len(reply)).encode())]})
             await send({"type": "http.response.body", "body": reply})
@@ -100,6 +103,7 @@ SERVERS = {
                     body, data = data[:length], data[length:]
                     reply = json.dumps({"who": "local-app", "client": addr[0], "body": body.decode(),
                                         "port": srv.getsockname()[1]}).encode()
+                    print(reply.decode(), flush=True)
                     conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
         while True:
             threading.Thread(target=serve, args=srv.accept(), daemon=True).start()
@@ -127,6 +131,18 @@ class App:
             raise AssertionError(
                 f"app did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
             )
+
+    def seen(self, count: int, timeout: float = 15.0) -> list[dict]:
+        """The next `count` requests the app reports having handled."""
+        assert self.proc.stdout is not None
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while len(seen) < count and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            seen.append(json.loads(line))
+        return seen
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -238,3 +254,24 @@ def test_rules_of_a_killed_agent_go_at_the_next_start(lab: Lab, tmp_path: Path, 
     assert proc.returncode == 0, proc.stderr
     assert "MIRRORD_" not in nat_rules(lab)
     assert requests.get(f"http://{lab.staging_addr}:8080/", timeout=10).text == "staging-service"
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_mirror_copies_requests_and_leaves_the_target_alone(
+    lab: Lab, tmp_path: Path, start_app, server: str
+) -> None:
+    app = start_app(SERVERS[server])  # mirror is the default mode
+    url = f"http://{lab.staging_addr}:8080/"
+    sessions = [requests.Session() for _ in range(3)]
+    answers = [sessions[i % 3].post(url, data=f"body-{i}", timeout=10).text for i in range(30)]
+    # the client is answered by the staging service, as if mirrord were not there
+    assert set(answers) == {"staging-service"}
+    seen = app.seen(30)
+    assert sorted(s["body"] for s in seen) == sorted(f"body-{i}" for i in range(30))
+    # per connection, the order is the client's
+    for k in range(3):
+        mine = [s["body"] for s in seen if int(s["body"].split("-")[1]) % 3 == k]
+        assert mine == [f"body-{i}" for i in range(30) if i % 3 == k]
+    assert {s["client"] for s in seen} == {lab.host_addr}
+    # mirroring does not touch the target's network configuration
+    assert "MIRRORD_" not in nat_rules(lab)

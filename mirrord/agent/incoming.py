@@ -19,7 +19,7 @@ import anyio.abc
 
 from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.session import AgentState, ClientSession, Feature
-from mirrord.mux import TcpPipe
+from mirrord.mux import Pipe, TcpPipe
 from mirrord.protocol import IncomingConnection, Subscribe, Subscribed, Unsubscribe
 
 log = logging.getLogger("mirrord.agent")
@@ -188,8 +188,123 @@ class StealService:
             await serve_stolen_http(stream, choose, lambda: connect_unredirected(*target))
 
 
+class MirrorPipe:
+    """The agent's end of a mirrored connection: sniffed bytes go out, answers are dropped.
+
+    The sniffer must never wait for a slow app: past `LIMIT` buffered bytes the mirrored
+    connection is cut (the app sees a reset) instead of stalling every other capture.
+    """
+
+    datagram = False
+    LIMIT = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.ended = False
+        self.broken = False
+        self._ready = anyio.Event()
+
+    def feed(self, data: bytes) -> None:
+        if len(self.buf) + len(data) > self.LIMIT:
+            self.broken = True
+        else:
+            self.buf += data
+        self._ready.set()
+
+    def finish(self, reset: bool) -> None:
+        self.ended = True
+        self.broken = self.broken or reset
+        self._ready.set()
+
+    async def receive(self, max_bytes: int) -> bytes:
+        while not self.buf or self.broken:
+            if self.broken:
+                raise anyio.BrokenResourceError
+            if self.ended:
+                raise anyio.EndOfStream
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        chunk = bytes(self.buf[:max_bytes])
+        del self.buf[:max_bytes]
+        return chunk
+
+    async def send(self, data: bytes) -> None:
+        pass  # the target itself answered the client
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def close(self, reset: bool) -> None:
+        self.buf.clear()
+        self.ended = True
+        self._ready.set()
+
+
+class MirrorService:
+    """Sniffs subscribed ports in the target and copies each client's bytes to subscribers."""
+
+    def __init__(self, state: AgentState) -> None:
+        from mirrord.agent.sniffer import Sniffer
+
+        self.state = state
+        self.sniffer = Sniffer([])
+        self.subs: dict[int, list[ClientSession]] = {}
+        self.pipes: dict[Any, list[MirrorPipe]] = {}
+        assert state.tg is not None
+        state.tg.start_soon(self._run)
+
+    def subscribe(self, session: ClientSession, port: int) -> None:
+        sessions = self.subs.setdefault(port, [])
+        if session not in sessions:
+            sessions.append(session)
+        self.sniffer.update_ports(self.subs)
+        log.info("mirroring port %d", port)
+
+    def unsubscribe(self, session: ClientSession, port: int) -> None:
+        sessions = [s for s in self.subs.get(port, []) if s is not session]
+        if sessions:
+            self.subs[port] = sessions
+        elif self.subs.pop(port, None) is not None:
+            self.sniffer.update_ports(self.subs)
+
+    def drop_session(self, session: ClientSession) -> None:
+        for port in list(self.subs):
+            self.unsubscribe(session, port)
+
+    def close(self) -> None:
+        self.subs.clear()
+        self.sniffer.close()
+
+    async def _run(self) -> None:
+        from mirrord.agent.reassembly import StreamClosed, StreamData, StreamOpened
+
+        assert self.state.tg is not None
+        async for event in self.sniffer:
+            if isinstance(event, StreamData):
+                for pipe in self.pipes.get(event.flow, ()):
+                    pipe.feed(event.data)
+            elif isinstance(event, StreamOpened):
+                flow = event.flow
+                pipes = self.pipes[flow] = []
+                for session in self.subs.get(flow.dport, ()):
+                    pipe = MirrorPipe()
+                    pipes.append(pipe)
+                    # bytes wait in the pipe until the client has heard of the connection
+                    self.state.tg.start_soon(
+                        deliver,
+                        session,
+                        pipe,
+                        (flow.dst, flow.dport),
+                        (flow.src, flow.sport),
+                        "mirror",
+                    )
+            elif isinstance(event, StreamClosed):
+                for pipe in self.pipes.pop(event.flow, ()):
+                    pipe.finish(event.reset)
+
+
 async def deliver(
-    session: ClientSession, pipe: TcpPipe, target: tuple[str, int], peer: tuple[str, int], mode: str
+    session: ClientSession, pipe: Pipe, target: tuple[str, int], peer: tuple[str, int], mode: str
 ) -> None:
     """Announce an incoming connection to a client, then relay it."""
     conn = session.state.new_conn_id()
@@ -212,41 +327,42 @@ class IncomingFeature(Feature):
 
     def __init__(self, session: ClientSession) -> None:
         super().__init__(session)
-        self.steals: set[int] = set()
+        self.ports: dict[int, str] = {}  # port -> mode
 
-    def _stealing(self) -> StealService:
+    def _service(self, mode: str) -> StealService | MirrorService:
         shared = self.session.state.shared
-        if "steal" not in shared:
-            shared["steal"] = StealService(self.session.state)
-        service: StealService = shared["steal"]
+        if mode not in shared:
+            shared[mode] = (StealService if mode == "steal" else MirrorService)(self.session.state)
+        service: StealService | MirrorService = shared[mode]
         return service
 
     async def handle(self, msg: Subscribe | Unsubscribe) -> None:
         if isinstance(msg, Unsubscribe):
-            if msg.port in self.steals:
-                self.steals.discard(msg.port)
-                self._stealing().unsubscribe(self.session, msg.port)
+            mode = self.ports.pop(msg.port, None)
+            if mode is not None:
+                self._service(mode).unsubscribe(self.session, msg.port)
             return
-        if msg.mode != "steal":
-            await self.session.reply_failure(
-                msg, errno.EOPNOTSUPP, f"mode {msg.mode!r} is not available"
-            )
+        if msg.mode not in ("steal", "mirror"):
+            await self.session.reply_failure(msg, errno.EINVAL, f"unknown mode {msg.mode!r}")
             return
         try:
             http_filter = _parse_filter(msg.http_filter)
-            self._stealing().subscribe(self.session, msg.port, http_filter)
-        except (SubscribeError, ValueError) as exc:
-            await self.session.reply_failure(
-                msg, getattr(exc, "errno", None) or errno.EINVAL, str(exc)
-            )
+            service = self._service(msg.mode)
+            if isinstance(service, StealService):
+                service.subscribe(self.session, msg.port, http_filter)
+            else:
+                service.subscribe(self.session, msg.port)
+        except (OSError, ValueError) as exc:
+            code = getattr(exc, "errno", None) or errno.EINVAL
+            await self.session.reply_failure(msg, code, str(exc))
             return
-        self.steals.add(msg.port)
+        self.ports[msg.port] = msg.mode
         await self.session.link.send(Subscribed(req=msg.req, port=msg.port))
 
     async def aclose(self) -> None:
-        if self.steals and "steal" in self.session.state.shared:
-            self._stealing().drop_session(self.session)
-        self.steals.clear()
+        for mode in set(self.ports.values()):
+            self._service(mode).drop_session(self.session)
+        self.ports.clear()
 
 
 def _parse_filter(text: str) -> Any:
