@@ -67,3 +67,12 @@ def wait_gone(text: str, timeout: float = 10.0) -> list[int]:
     while (left := processes_mentioning(text)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+def agent_pids(target: str) -> list[int]:
+    """The local agent serving `target` (one per target, shared by its sessions)."""
+    return [
+        pid
+        for pid in processes_mentioning(f"--target {target} ")
+        if b"mirrord.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]

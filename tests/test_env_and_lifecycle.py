@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from helpers import REPO, last_json, processes_mentioning, run_app, wait_gone
+from helpers import REPO, agent_pids, last_json, processes_mentioning, run_app, wait_gone
 
 from mirrord.lab import Lab
 
@@ -88,6 +88,11 @@ def test_nothing_left_running_after_exit(lab: Lab, tmp_path: Path) -> None:
     """
     session = last_json(run_app(target(lab), code, tmp_path=tmp_path))["session"]
     assert wait_gone(session) == []
+    # the target's agent leaves once its last session has been gone for its idle timeout
+    deadline = time.monotonic() + 15
+    while agent_pids(target(lab)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert agent_pids(target(lab)) == []
 
 
 def _start_looping_app(lab: Lab, tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
@@ -123,20 +128,15 @@ def _start_looping_app(lab: Lab, tmp_path: Path) -> tuple[subprocess.Popen[str],
     return proc, first[1]
 
 
-def _kill_helper(session: str, module: str) -> None:
-    pids = [
-        pid
-        for pid in processes_mentioning(session)
-        if module in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    ]
-    assert pids, f"no {module} process for {session}"
+def _kill(pids: list[int]) -> None:
+    assert pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
 
 
 def test_killed_agent_gives_the_app_an_error(lab: Lab, tmp_path: Path, transport: str) -> None:
     proc, session = _start_looping_app(lab, tmp_path)
-    _kill_helper(session, "mirrord.agent")
+    _kill(agent_pids(target(lab)))
     started = time.monotonic()
     out, err = proc.communicate(timeout=30)
     # an error, promptly, not a hang
@@ -148,7 +148,7 @@ def test_killed_agent_gives_the_app_an_error(lab: Lab, tmp_path: Path, transport
 
 def test_killed_intproxy_gives_the_app_an_error(lab: Lab, tmp_path: Path, transport: str) -> None:
     proc, session = _start_looping_app(lab, tmp_path)
-    _kill_helper(session, "mirrord.proxy")
+    _kill(processes_mentioning(session))
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, (out, err)
     assert "error" in out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import REPO, mirrord, processes_mentioning, wait_gone
+from helpers import REPO, agent_pids, mirrord, wait_gone
 
 from mirrord.lab import Lab
 
@@ -237,11 +237,7 @@ def test_rules_of_a_killed_agent_go_at_the_next_start(lab: Lab, tmp_path: Path, 
         steal_config(tmp_path, "steal"),
     )
     session = os.path.dirname(app.proc.stdout.readline().strip())
-    agents = [
-        p
-        for p in processes_mentioning(session)
-        if b"mirrord.agent" in Path(f"/proc/{p}/cmdline").read_bytes()
-    ]
+    agents = agent_pids(f"netns/{lab.staging_ns}")
     assert agents
     for pid in agents:
         os.kill(pid, signal.SIGKILL)
@@ -275,3 +271,109 @@ def test_mirror_copies_requests_and_leaves_the_target_alone(
     assert {s["client"] for s in seen} == {lab.host_addr}
     # mirroring does not touch the target's network configuration
     assert "MIRRORD_" not in nat_rules(lab)
+
+
+def header_steal(tmp_path: Path, name: str, value: str) -> str:
+    path = tmp_path / f"steal-{value}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "feature": {
+                    "network": {
+                        "incoming": {
+                            "mode": "steal",
+                            "http_filter": {"header_filter": f"{name}: {value}"},
+                        }
+                    }
+                }
+            }
+        )
+    )
+    return str(path)
+
+
+def test_filtered_steal_on_one_kept_alive_connection(lab: Lab, tmp_path: Path, start_app) -> None:
+    start_app(SERVERS["http.server"], "-f", header_steal(tmp_path, "x-mirrord-user", "me"))
+    url = f"http://{lab.staging_addr}:8080/"
+    with requests.Session() as client:
+        answers = []
+        for i in range(10):
+            headers = {"X-Mirrord-User": "me"} if i % 2 == 0 else {}
+            reply = client.post(url, data=f"b{i}", headers=headers, timeout=10)
+            answers.append(reply.json()["body"] if reply.text.startswith("{") else reply.text)
+    # matching requests reach the local app, the others the staging service, in order
+    assert answers == [
+        "b0",
+        "staging-service",
+        "b2",
+        "staging-service",
+        "b4",
+        "staging-service",
+        "b6",
+        "staging-service",
+        "b8",
+        "staging-service",
+    ]
+    # curl, another real client, with and without the header
+    curl = ["curl", "-s", "--max-time", "10", "-d", "from-curl", url]
+    assert (
+        json.loads(
+            subprocess.run(
+                [*curl, "-H", "x-mirrord-user: me"], capture_output=True, text=True
+            ).stdout
+        )["body"]
+        == "from-curl"
+    )
+    assert subprocess.run(curl, capture_output=True, text=True).stdout == "staging-service"
+
+
+def test_two_sessions_with_different_filters_share_a_port(
+    lab: Lab, tmp_path: Path, start_app
+) -> None:
+    me = start_app(
+        SERVERS["http.server"].replace("local-app", "app-of-me"),
+        "-f",
+        header_steal(tmp_path, "x-user", "me"),
+    )
+    you = start_app(
+        SERVERS["http.server"].replace("local-app", "app-of-you"),
+        "-f",
+        header_steal(tmp_path, "x-user", "you"),
+    )
+    url = f"http://{lab.staging_addr}:8080/"
+    assert (
+        requests.post(url, data="1", headers={"x-user": "me"}, timeout=10).json()["who"]
+        == "app-of-me"
+    )
+    assert (
+        requests.post(url, data="2", headers={"x-user": "you"}, timeout=10).json()["who"]
+        == "app-of-you"
+    )
+    assert requests.post(url, data="3", timeout=10).text == "staging-service"
+    you.stop()
+    # the other session's filter keeps working after one leaves
+    assert (
+        requests.post(url, data="4", headers={"x-user": "me"}, timeout=10).json()["who"]
+        == "app-of-me"
+    )
+    assert (
+        requests.post(url, data="5", headers={"x-user": "you"}, timeout=10).text
+        == "staging-service"
+    )
+    me.stop()
+
+
+def test_unfiltered_steal_of_a_stolen_port_is_refused(lab: Lab, tmp_path: Path, start_app) -> None:
+    start_app(SERVERS["http.server"], "-f", header_steal(tmp_path, "x-user", "me"))
+    script = tmp_path / "second.py"
+    script.write_text(textwrap.dedent(SERVERS["http.server"]))
+    proc = mirrord(
+        "-t",
+        f"netns/{lab.staging_ns}",
+        "-f",
+        steal_config(tmp_path, "steal"),
+        str(script),
+        timeout=30,
+    )
+    assert proc.returncode != 0
+    assert "already stolen" in proc.stderr

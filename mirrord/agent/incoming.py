@@ -171,7 +171,7 @@ class StealService:
 
         async def choose(head: Any) -> anyio.abc.ByteStream | None:
             for stealer in stealers:
-                if stealer.http_filter.matches(head.method, head.target, head.headers):
+                if stealer.http_filter.matches(head.method, head.path, head.headers):
                     # a socket pair: one end for the HTTP engine, the other relayed to the app
                     ours, theirs = socket.socketpair()
                     await deliver(
@@ -366,8 +366,10 @@ class IncomingFeature(Feature):
 
 
 def _parse_filter(text: str) -> Any:
-    if not text:
+    """mirrord's http_filter object; without any filter in it, the port is stolen whole."""
+    config = json.loads(text) if text else {}
+    if not any(key != "ports" for key in config):
         return None
     from mirrord.agent.http_filter import HttpFilter
 
-    return HttpFilter.from_config(json.loads(text))
+    return HttpFilter.from_config(config)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     state = AgentState(token=token, env=env, idle_timeout=args.idle_timeout)
     _remove_stale_rules()
     address = describe(listen_sock)
+    socket_inode = os.stat(address[5:]).st_ino if address.startswith("unix:") else 0
     announce_ready(address=address)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -89,8 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         # also on SIGTERM: no iptables rule may outlive the agent
         state.close_shared()
         if address.startswith("unix:"):
-            Path(address[5:]).unlink(missing_ok=True)
+            _remove_socket_file(Path(address[5:]), socket_inode)
     return 0
+
+
+def _remove_socket_file(path: Path, inode: int) -> None:
+    """Remove our socket and its token file, unless a successor already replaced them.
+
+    The CLI holds the directory's lock while it finds or starts an agent; so do we."""
+    lock_path = path.parent / "lock"
+    with open(lock_path, "a") if lock_path.exists() else contextlib.nullcontext() as lock:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.stat().st_ino != inode:
+                return
+        except FileNotFoundError:
+            return
+        path.unlink(missing_ok=True)
+        Path(f"{path}.token").unlink(missing_ok=True)
 
 
 def _remove_stale_rules() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mirrord.agent.target import LocalTarget, TargetError
 from mirrord.cli.errors import CliError
+from mirrord.cli.local_agent import agent_for
 from mirrord.cli.processes import spawn_ready
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
 from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
@@ -19,8 +20,6 @@ from mirrord.protocol import Env, GetEnv, RequestFailed
 
 HOOK_DIR = Path(__file__).resolve().parents[2] / "sitecustomize_hook"
 START_TIMEOUT = 30.0
-#: A local agent outlives its last client this long (the intproxy also stops it on exit).
-AGENT_IDLE_TIMEOUT = 3.0
 
 
 @dataclass
@@ -31,7 +30,6 @@ class Session:
     workdir: Path
     proxy_socket: str
     proxy_token: str
-    agent_pid: int
     proxy_pid: int
     layer_settings: dict = field(default_factory=dict)
 
@@ -86,62 +84,49 @@ def start_session(
     watch_pid: int | None = None,
     log_level: str = "info",
 ) -> Session:
-    """Start agent and intproxy for `target`; they end when `watch_pid` (default: us) ends."""
+    """Start (or join) the target's agent and start an intproxy; the intproxy ends when
+    `watch_pid` (default: us, who become the app) ends."""
     check_target(target)
     workdir = Path(tempfile.mkdtemp(prefix="mirrord-"))
-    agent_token = secrets.token_hex(16)
     proxy_token = secrets.token_hex(16)
-    python = [sys.executable, "-m"]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
-    agent, agent_info = spawn_ready(
-        "agent",
-        [
-            *python,
-            "mirrord.agent",
-            "--target",
-            target,
-            "--listen",
-            f"unix:{workdir / 'agent.sock'}",
-            "--idle-timeout",
-            str(AGENT_IDLE_TIMEOUT),
-            "--log-level",
-            log_level,
-        ],
-        {**base_env, "MIRRORD_AGENT_TOKEN": agent_token},
-        workdir / "agent.log",
-        START_TIMEOUT,
-    )
-    try:
-        proxy, _ = spawn_ready(
-            "intproxy",
-            [
-                *python,
-                "mirrord.proxy",
-                "--agent",
-                agent_info["address"],
-                "--socket",
-                str(workdir / "proxy.sock"),
-                "--watch-pid",
-                str(watch_pid or os.getpid()),
-                "--agent-pid",
-                str(agent.pid),
-                "--log-level",
-                log_level,
-                *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
-            ],
-            {**base_env, "MIRRORD_AGENT_TOKEN": agent_token, "MIRRORD_PROXY_TOKEN": proxy_token},
-            workdir / "intproxy.log",
-            START_TIMEOUT,
-        )
-    except BaseException:
-        agent.kill()
-        raise
+    # a found agent may be leaving (idle) just as we join it: then start a fresh one
+    for attempt in range(2):
+        agent = agent_for(target, log_level=log_level, env=base_env)
+        try:
+            proxy, _ = spawn_ready(
+                "intproxy",
+                [
+                    sys.executable,
+                    "-m",
+                    "mirrord.proxy",
+                    "--agent",
+                    agent.address,
+                    "--socket",
+                    str(workdir / "proxy.sock"),
+                    "--watch-pid",
+                    str(watch_pid or os.getpid()),
+                    "--log-level",
+                    log_level,
+                    *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
+                ],
+                {
+                    **base_env,
+                    "MIRRORD_AGENT_TOKEN": agent.token,
+                    "MIRRORD_PROXY_TOKEN": proxy_token,
+                },
+                workdir / "intproxy.log",
+                START_TIMEOUT,
+            )
+            break
+        except CliError as exc:
+            if agent.started or attempt:
+                raise CliError(f"{exc}\nagent log: {agent.log}") from None
     return Session(
         target=target,
         workdir=workdir,
         proxy_socket=str(workdir / "proxy.sock"),
         proxy_token=proxy_token,
-        agent_pid=agent.pid,
         proxy_pid=proxy.pid,
         layer_settings=layer_settings,
     )
