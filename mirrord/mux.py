@@ -270,3 +270,19 @@ class Mux:
                 await state.pipe.close(reset)
             except _GONE:
                 pass
+
+
+async def splice(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
+    """Copy both ways until both sides are done; half-closes travel along."""
+
+    async def copy(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
+        try:
+            async for chunk in src:
+                await dst.send(chunk)
+            await dst.send_eof()  # type: ignore[attr-defined]
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(copy, a, b)
+        tg.start_soon(copy, b, a)

@@ -188,7 +188,7 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_steal_gives_the_client_the_local_apps_answers(
-    lab: Lab, tmp_path: Path, start_app, server: str
+    lab: Lab, tmp_path: Path, start_app, server: str, transport: str
 ) -> None:
     app = start_app(SERVERS[server], "-f", steal_config(tmp_path, "steal"))
     url = f"http://{lab.staging_addr}:8080/"

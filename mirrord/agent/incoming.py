@@ -19,8 +19,8 @@ import anyio.abc
 
 from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.session import AgentState, ClientSession, Feature
-from mirrord.mux import Pipe, TcpPipe
-from mirrord.protocol import IncomingConnection, Subscribe, Subscribed, Unsubscribe
+from mirrord.mux import Pipe, TcpPipe, splice
+from mirrord.protocol import IncomingConnection, IncomingFd, Subscribe, Subscribed, Unsubscribe
 
 log = logging.getLogger("mirrord.agent")
 SO_ORIGINAL_DST = 80
@@ -55,26 +55,11 @@ async def connect_unredirected(host: str, port: int) -> anyio.abc.SocketStream:
         raise
 
 
-async def splice(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
-    """Copy both ways until both sides are done; half-closes travel along."""
-
-    async def copy(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
-        try:
-            async for chunk in src:
-                await dst.send(chunk)
-            await dst.send_eof()  # type: ignore[attr-defined]
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(copy, a, b)
-        tg.start_soon(copy, b, a)
-
-
 @dataclass(eq=False)
 class _Stealer:
     session: ClientSession
     http_filter: Any  # HttpFilter | None
+    want_fd: bool = False
 
 
 class StealService:
@@ -91,7 +76,9 @@ class StealService:
         assert state.tg is not None
         state.tg.start_soon(self._accept_loop)
 
-    def subscribe(self, session: ClientSession, port: int, http_filter: Any) -> None:
+    def subscribe(
+        self, session: ClientSession, port: int, http_filter: Any, want_fd: bool = False
+    ) -> None:
         taken = self.subs.setdefault(port, [])
         if any(s.session is session for s in taken):
             return
@@ -104,7 +91,8 @@ class StealService:
             self.redirects.add(port)
         except IptablesError as exc:
             raise SubscribeError(errno.EPERM, str(exc)) from None
-        taken.append(_Stealer(session, http_filter))
+        # a client on this host may take the stolen sockets themselves: nothing to relay
+        taken.append(_Stealer(session, http_filter, want_fd and session.link.can_pass_fds))
         log.info("stealing port %d%s", port, " (filtered)" if http_filter else "")
 
     def unsubscribe(self, session: ClientSession, port: int) -> None:
@@ -125,25 +113,33 @@ class StealService:
         self.redirects.close()
 
     async def _accept_loop(self) -> None:
-        listener = await anyio.abc.SocketListener.from_socket(self.sock)
-        async with listener:
-            while True:
-                stream = await listener.accept()
-                assert self.state.tg is not None
-                self.state.tg.start_soon(self._handle, stream)
+        # raw accept(): a stream object would start reading, and bytes read here could
+        # not travel with a socket handed over to the client
+        self.sock.setblocking(False)
+        while True:
+            await anyio.wait_readable(self.sock)
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            assert self.state.tg is not None
+            self.state.tg.start_soon(self._handle, conn, peer)
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            target = original_destination(raw)
-            peer = raw.getpeername()
+            target = original_destination(conn)
         except OSError:
-            await stream.aclose()
+            conn.close()
             return
         stealers = self.subs.get(target[1], [])
         whole = [
             s for s in stealers if s.http_filter is None or not s.http_filter.applies_to(target[1])
         ]
+        if whole and whole[0].want_fd:
+            await hand_over(whole[0].session, conn, target, peer)
+            return
+        conn.setblocking(False)
+        stream = await anyio.abc.SocketStream.from_socket(conn)
         if whole:
             await deliver(whole[0].session, TcpPipe(stream), target, peer, "steal")
         elif stealers:
@@ -273,6 +269,7 @@ class MirrorService:
 
     def close(self) -> None:
         self.subs.clear()
+        log.info("mirror capture: %s", self.sniffer.stats())
         self.sniffer.close()
 
     async def _run(self) -> None:
@@ -322,6 +319,25 @@ async def deliver(
     session.mux.attach(conn, pipe)
 
 
+async def hand_over(
+    session: ClientSession, conn: socket.socket, target: tuple[str, int], peer: tuple[str, int]
+) -> None:
+    """Give a stolen connection's socket to a client on this host, and forget it."""
+    try:
+        await session.link.send(
+            IncomingFd(
+                port=target[1],
+                remote_host=peer[0],
+                remote_port=peer[1],
+                local_host=target[0],
+                local_port=target[1],
+            ),
+            fd=conn.fileno(),
+        )
+    finally:
+        conn.close()
+
+
 class IncomingFeature(Feature):
     handles = (Subscribe, Unsubscribe)
 
@@ -349,7 +365,7 @@ class IncomingFeature(Feature):
             http_filter = _parse_filter(msg.http_filter)
             service = self._service(msg.mode)
             if isinstance(service, StealService):
-                service.subscribe(self.session, msg.port, http_filter)
+                service.subscribe(self.session, msg.port, http_filter, msg.want_fd)
             else:
                 service.subscribe(self.session, msg.port)
         except (OSError, ValueError) as exc:

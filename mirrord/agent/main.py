@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -83,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     address = describe(listen_sock)
     socket_inode = os.stat(address[5:]).st_ino if address.startswith("unix:") else 0
     announce_ready(address=address)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         anyio.run(_run, listen_sock, state)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from mirrord.protocol import (
     ClientHandshake,
     Codec,
     ConnectedFd,
+    ConnInfoReply,
     Message,
     ProtocolError,
     RequestFailed,
@@ -127,7 +128,7 @@ class ProxyClient:
             channel.sock.sendall(encode(with_req(msg, req)))
             while True:
                 reply = channel.receive()
-                fd = channel.take_fd() if isinstance(reply, ConnectedFd) else None
+                fd = channel.take_fd() if _carries_fd(reply) else None
                 if getattr(reply, "req", None) == req:
                     return reply, fd
                 if fd is not None:
@@ -172,3 +173,7 @@ def failure_to_oserror(reply: RequestFailed) -> OSError:
     """The OSError (subclass by errno) a local call would have raised."""
     code = reply.errno or errno.EIO
     return OSError(code, f"{os.strerror(code)} (mirrord: {reply.message})")
+
+
+def _carries_fd(reply: Message) -> bool:
+    return isinstance(reply, ConnectedFd) or (isinstance(reply, ConnInfoReply) and reply.has_fd)

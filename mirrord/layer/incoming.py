@@ -16,6 +16,7 @@ from typing import Any
 from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
 from mirrord.layer.context import Context, Listening, Redirect, ip_kind, peer_shape
 from mirrord.layer.patching import PatchFamily
+from mirrord.layer.sockets import adopt_socket
 from mirrord.protocol import ConnInfo, ConnInfoReply, RequestFailed, Subscribe, Subscribed
 
 _INET = (socket.AF_INET, socket.AF_INET6)
@@ -93,6 +94,7 @@ class IncomingPatches(PatchFamily):
             http_filter=self.settings.http_filter,
             local_host=host,
             local_port=port,
+            want_fd=True,
         )
         try:
             reply = self.ctx.client.request(request)
@@ -112,13 +114,25 @@ class IncomingPatches(PatchFamily):
             return conn, address
         real_port = _real_getsockname(sock)[1]
         try:
-            reply = self.ctx.client.request(
+            reply, stolen = self.ctx.client.request_fd(
                 ConnInfo(req=0, listen_port=real_port, peer_port=address[1])
             )
         except ProxyUnavailable:
             return conn, address
         if not isinstance(reply, ConnInfoReply):
             return conn, address  # a local client, not one of the target's
+        if stolen is not None:
+            # the stolen socket itself takes the stand-in's place: no byte is relayed
+            self.ctx.forget_fd(conn.fileno())
+            adopt_socket(conn, stolen, "tcp")
+            peer = conn.getpeername()
+            # it was REDIRECTed to the agent's port: report the port the client asked for
+            self.ctx.redirects[conn.fileno()] = Redirect(
+                relay=(peer[0], peer[1]),
+                remote=peer,
+                local=peer_shape(conn.family, reply.local_host, reply.local_port),
+            )
+            return conn, peer
         remote = peer_shape(conn.family, reply.remote_host, reply.remote_port)
         self.ctx.redirects[conn.fileno()] = Redirect(
             relay=(address[0], address[1]),

@@ -96,7 +96,7 @@ class SocketPatches(PatchFamily):
             return known  # connect() again on a connecting socket: same relay, same errno
         reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host))
         if new_fd is not None:
-            _adopt(sock, new_fd, proto)
+            adopt_socket(sock, new_fd, proto)
             self.ctx.forget_fd(fd)
             return None
         redirect = Redirect(
@@ -218,7 +218,7 @@ def _adoptable(sock: socket.socket, host: str) -> bool:
         return False
 
 
-def _adopt(sock: socket.socket, new_fd: int, proto: str) -> None:
+def adopt_socket(sock: socket.socket, new_fd: int, proto: str) -> None:
     """Make `sock`'s descriptor refer to `new_fd`'s socket (connected in the target)."""
     try:
         new = socket.socket(fileno=new_fd)

@@ -24,6 +24,8 @@ class Subscribe(Message):
     http_filter: str
     local_host: str
     local_port: int
+    #: the sender can take stolen sockets themselves (IncomingFd) rather than relayed bytes
+    want_fd: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,18 @@ class IncomingConnection(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingFd(Message):
+    """A stolen connection; the socket itself travels with this frame (same host only)."""
+
+    TAG: ClassVar[str] = "incoming_fd"
+    port: int
+    remote_host: str
+    remote_port: int
+    local_host: str
+    local_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnInfo(Message):
     """Layer -> intproxy: who is really behind the connection the app accepted?
 
@@ -68,9 +82,13 @@ class ConnInfo(Message):
 
 @dataclass(frozen=True, slots=True)
 class ConnInfoReply(Message):
+    """The origin of an accepted connection; over a unix link the stolen socket itself
+    may travel with it, for the layer to put in place of the accepted one."""
+
     TAG: ClassVar[str] = "conn_info_reply"
     req: int
     remote_host: str
     remote_port: int
     local_host: str
     local_port: int
+    has_fd: bool

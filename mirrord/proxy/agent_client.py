@@ -17,6 +17,7 @@ from mirrord.mux import Mux
 from mirrord.protocol import (
     ConnectedFd,
     IncomingConnection,
+    IncomingFd,
     Message,
     Ping,
     Pong,
@@ -48,8 +49,11 @@ class AgentClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
-        #: called for each IncomingConnection, in order, before its first Data frame
-        self.on_incoming: Callable[[IncomingConnection], None] | None = None
+        #: called for each IncomingConnection/IncomingFd (with its socket), in order,
+        #: before the connection's first Data frame
+        self.on_incoming: Callable[[IncomingConnection | IncomingFd, int | None], None] | None = (
+            None
+        )
 
     async def request(self, msg: Message) -> Message:
         """Send `msg` with a fresh request id; the agent's reply (or a RequestFailed)."""
@@ -94,10 +98,13 @@ class AgentClient:
                 msg = await self.link.receive()
                 if await self.mux.handle(msg):
                     continue
-                if isinstance(msg, IncomingConnection):
+                if isinstance(msg, IncomingConnection | IncomingFd):
+                    fd = self.link.take_fd() if isinstance(msg, IncomingFd) else None
                     if self.on_incoming is None:
+                        if fd is not None:
+                            os.close(fd)
                         raise ProtocolError("an incoming connection nobody subscribed to")
-                    self.on_incoming(msg)
+                    self.on_incoming(msg, fd)
                     continue
                 fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)

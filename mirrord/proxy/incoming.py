@@ -7,16 +7,17 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import anyio
 import anyio.abc
 
-from mirrord.mux import TcpPipe
+from mirrord.mux import TcpPipe, splice
 from mirrord.protocol import (
     ConnInfo,
     ConnInfoReply,
     IncomingConnection,
+    IncomingFd,
     Message,
     RequestFailed,
     Subscribe,
@@ -29,6 +30,8 @@ from mirrord.proxy.agent_client import AgentClient
 log = logging.getLogger("mirrord.proxy")
 #: Accepted connections whose origin the layers may still ask about.
 CONN_INFO_MEMORY = 65536
+#: How long a stolen socket waits for the app's accept() to claim it before we relay it.
+CLAIM_TIMEOUT = 5.0
 
 
 class MirroredAppPipe(TcpPipe):
@@ -48,17 +51,28 @@ class Subscription:
     owner: object  # the layer session that subscribed
 
 
+@dataclass(eq=False)
+class _Origin:
+    """Who is behind a connection into the app; with the stolen socket until claimed."""
+
+    info: ConnInfoReply
+    fd: int | None = None
+    claimed: anyio.Event = field(default_factory=anyio.Event)
+
+
 class IncomingRouter:
     """Subscriptions of every layer, and the app-side end of each incoming connection."""
 
-    def __init__(self, agent: AgentClient, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(self, agent: AgentClient, tg: anyio.abc.TaskGroup, pass_fds: bool = True) -> None:
         self.agent = agent
         self.tg = tg
+        self.pass_fds = pass_fds
         self.subscriptions: dict[int, Subscription] = {}
-        self._origins: OrderedDict[tuple[int, int], ConnInfoReply] = OrderedDict()
+        self._origins: OrderedDict[tuple[int, int], _Origin] = OrderedDict()
 
     async def subscribe(self, owner: object, msg: Subscribe) -> Message:
-        reply = await self.agent.request(msg)
+        want_fd = msg.want_fd and self.pass_fds and self.agent.link.can_pass_fds
+        reply = await self.agent.request(replace(msg, want_fd=want_fd))
         if isinstance(reply, Subscribed):
             self.subscriptions[msg.port] = Subscription(
                 msg.port, msg.mode, msg.local_host, msg.local_port, owner
@@ -77,38 +91,44 @@ class IncomingRouter:
         for sub in [s for s in self.subscriptions.values() if s.owner is owner]:
             await self.unsubscribe(sub.port)
 
-    def conn_info(self, msg: ConnInfo) -> Message:
+    def conn_info(self, msg: ConnInfo) -> tuple[Message, int | None]:
+        """The origin of a connection the app accepted, and the stolen socket if unclaimed
+        (the caller sends it on and closes it)."""
         origin = self._origins.get((msg.listen_port, msg.peer_port))
         if origin is None:
-            return RequestFailed(
-                req=msg.req, kind="os", errno=0, message="not an incoming connection"
-            )
-        return with_req(origin, msg.req)
+            failure = RequestFailed(req=msg.req, kind="os", errno=0, message="not incoming")
+            return failure, None
+        fd, origin.fd = origin.fd, None
+        if fd is not None:
+            origin.claimed.set()
+        return replace(origin.info, req=msg.req, has_fd=fd is not None), fd
 
-    def on_incoming(self, msg: IncomingConnection) -> None:
+    def on_incoming(self, msg: IncomingConnection | IncomingFd, fd: int | None) -> None:
         """Called in order by the agent link reader, before the connection's first Data."""
-        self.agent.mux.open(msg.conn, datagram=False)
-        self.tg.start_soon(self._deliver, msg)
+        if isinstance(msg, IncomingConnection):
+            self.agent.mux.open(msg.conn, datagram=False)
+            self.tg.start_soon(self._deliver, msg)
+        elif fd is not None:
+            self.tg.start_soon(self._deliver_fd, msg, fd)
 
-    async def _deliver(self, msg: IncomingConnection) -> None:
+    async def _connect_app(
+        self, msg: IncomingConnection | IncomingFd, origin: _Origin
+    ) -> anyio.abc.SocketStream | None:
+        """A connection into the app for `msg`, its origin known before the app accepts."""
         sub = self.subscriptions.get(msg.port)
         if sub is None:
-            await self.agent.mux.reset(msg.conn)
-            return
+            return None
         family = socket.AF_INET6 if ":" in sub.app_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             # bind first: the app may accept() and ask who we are before connect() returns here
             sock.bind((sub.app_host, 0))
-            self._origins[(sub.app_port, sock.getsockname()[1])] = ConnInfoReply(
-                req=0,
-                remote_host=msg.remote_host,
-                remote_port=msg.remote_port,
-                local_host=msg.local_host,
-                local_port=msg.local_port,
-            )
+            self._origins[(sub.app_port, sock.getsockname()[1])] = origin
             while len(self._origins) > CONN_INFO_MEMORY:
-                self._origins.popitem(last=False)
+                _, stale = self._origins.popitem(last=False)
+                if stale.fd is not None:
+                    os.close(stale.fd)
+                    stale.fd = None
             sock.setblocking(False)
             err = sock.connect_ex((sub.app_host, sub.app_port))
             if err == errno.EINPROGRESS:
@@ -116,11 +136,49 @@ class IncomingRouter:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
-            stream = await anyio.abc.SocketStream.from_socket(sock)
+            return await anyio.abc.SocketStream.from_socket(sock)
         except OSError as exc:
             sock.close()
             log.warning("the app does not accept on %s:%s: %s", sub.app_host, sub.app_port, exc)
+            return None
+
+    async def _deliver(self, msg: IncomingConnection) -> None:
+        stream = await self._connect_app(msg, _Origin(_info(msg)))
+        if stream is None:
             await self.agent.mux.reset(msg.conn)
             return
         pipe = MirroredAppPipe(stream) if msg.mode == "mirror" else TcpPipe(stream)
         self.agent.mux.attach(msg.conn, pipe)
+
+    async def _deliver_fd(self, msg: IncomingFd, fd: int) -> None:
+        """The app's accept() claims the socket itself; if it never asks, relay bytes."""
+        origin = _Origin(_info(msg), fd)
+        try:
+            stream = await self._connect_app(msg, origin)
+            if stream is None:
+                return
+            async with stream:
+                with anyio.move_on_after(CLAIM_TIMEOUT):
+                    await origin.claimed.wait()
+                if origin.claimed.is_set():
+                    return  # the app holds the stolen socket now; our connection was a stand-in
+                unclaimed, origin.fd = origin.fd, None
+                assert unclaimed is not None
+                stolen = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=unclaimed))
+                async with stolen:
+                    await splice(stream, stolen)
+        finally:
+            if origin.fd is not None:
+                os.close(origin.fd)
+                origin.fd = None
+
+
+def _info(msg: IncomingConnection | IncomingFd) -> ConnInfoReply:
+    return ConnInfoReply(
+        req=0,
+        remote_host=msg.remote_host,
+        remote_port=msg.remote_port,
+        local_host=msg.local_host,
+        local_port=msg.local_port,
+        has_fd=False,
+    )

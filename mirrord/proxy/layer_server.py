@@ -101,7 +101,12 @@ class LayerSession:
         await self.link.send(await self.state.incoming.subscribe(self, msg))
 
     async def conn_info(self, msg: ConnInfo) -> None:
-        await self.link.send(self.state.incoming.conn_info(msg))
+        reply, fd = self.state.incoming.conn_info(msg)
+        try:
+            await self.link.send(reply, fd=fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     async def forward(self, msg: Any) -> None:
         reply = await self.state.agent.request(msg)

@@ -66,7 +66,7 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> N
         agent = AgentClient(link, tg)
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
-        incoming = IncomingRouter(agent, tg)
+        incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing)
         agent.on_incoming = incoming.on_incoming
         state = ProxyState(
             token=proxy_token, agent=agent, incoming=incoming, pass_fds=not args.no_fd_passing
