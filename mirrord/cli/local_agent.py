@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrord.cli.processes import spawn_ready
+from mirrord.procfs import process_start
 
 #: How long a local agent outlives its last client.
 IDLE_TIMEOUT = 3.0
@@ -68,10 +69,23 @@ def _answers(path: Path) -> bool:
         probe.close()
 
 
+def _identity(target: str) -> str:
+    """What tells this target from an earlier one of the same name (a namespace deleted
+    and made again, a reused pid): an agent of the old one must not be joined."""
+    try:
+        if target.startswith("netns/"):
+            return f"_{os.stat(f'/run/netns/{target[6:]}').st_ino}"
+        if target.startswith("pid/"):
+            return f"_{process_start(int(target[4:])) or 0}"
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
 def agent_for(target: str, *, log_level: str, env: dict[str, str]) -> AgentHandle:
     """The running agent of `target`, or a new one."""
     directory = agents_dir()
-    key = re.sub(r"[^A-Za-z0-9_.-]", "_", target)
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", target) + _identity(target)
     sock, token_file, log = (directory / f"{key}{ext}" for ext in (".sock", ".sock.token", ".log"))
     with _locked(directory):
         if sock.exists() and token_file.exists() and _answers(sock):
