@@ -1,17 +1,21 @@
 """Benchmarks of incoming traffic (as root: builds the lab).
 
     python3 bench/incoming.py steal-throughput [--mb 100]
-    python3 bench/incoming.py mirror-rate [--rate 2000 --seconds 3]
+    python3 bench/incoming.py mirror-rate [--rate 2000 --seconds 3 --connections 8]
 
 steal-throughput: a 100 MB upload to the target's port, stolen to a local app, against
 the same upload sent straight to that app, in the same run (issue 3: >= 30%).
-mirror-rate: small HTTP requests at a fixed rate to the target's service while a local
-app mirrors them; every request must reach the app (issue 3: >= 2,000/s, none lost).
+mirror-rate: small pipelined HTTP requests at a fixed rate to the target's service while
+a local app mirrors them; every request must reach the app (issue 3: >= 2,000/s, none
+lost). The app reports each connection once, at its EOF: the requests in its raw bytes,
+their length and hash, and how it ended; the run fails unless every connection arrived
+exactly, with a clean EOF.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -21,6 +25,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from mirrord.lab import Lab, create_lab
 
@@ -44,17 +49,40 @@ while True:
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
-COUNT_APP = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        print(self.path, flush=True)
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H)
+# The mirroring app: per connection, every byte until EOF, then one JSON line. It counts
+# the requests in the raw bytes (no HTTP server: mirror mode drops its answers anyway)
+# and writes each report in one call under a lock, so that reports of concurrent
+# connections cannot interleave (print() writes the text and the newline separately).
+COUNT_APP = r"""
+import hashlib, json, re, socket, sys, threading
+REQUEST = re.compile(rb"GET /r(\d+) HTTP/1\.1\r\n")
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(64)
 print("ready", flush=True)
-srv.serve_forever()
+out = threading.Lock()
+def serve(conn):
+    chunks, end = [], "eof"
+    with conn:
+        peer = conn.getpeername()[:2]
+        try:
+            while chunk := conn.recv(1 << 16):
+                chunks.append(chunk)
+        except OSError as exc:
+            end = type(exc).__name__
+    data = b"".join(chunks)
+    report = {
+        "peer": list(peer), "end": end, "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "ids": [int(i) for i in REQUEST.findall(data)],
+    }
+    with out:
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
 
@@ -126,42 +154,95 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-def mirror_rate(rate: int, seconds: float) -> None:
+def mirror_rate(rate: int, seconds: float, connections: int = 8) -> bool:
+    """Pipelined ``GET /rN`` requests over `connections` keep-alive connections to the
+    staging service, paced to `rate`/s in total, then EOF. The mirroring app reports each
+    connection once it ended; a connection counts as delivered when the app got exactly
+    the bytes sent on it and then a clean EOF. True if nothing was lost."""
     with create_lab() as lab:
         app = start_app(lab, COUNT_APP)
-        seen: list[str] = []
-        reader = threading.Thread(
-            target=lambda: seen.extend(iter(app.stdout.readline, "")), daemon=True
-        )  # type: ignore[union-attr]
-        reader.start()
+        assert app.stdout is not None
+        reports: dict[tuple[str, int], dict[str, Any]] = {}
+        heard = threading.Condition()
+
+        def read_reports() -> None:
+            assert app.stdout is not None
+            for line in app.stdout:
+                if line.startswith("{"):
+                    report = json.loads(line)
+                    with heard:
+                        reports[tuple(report["peer"])] = report
+                        heard.notify_all()
+
+        threading.Thread(target=read_reports, daemon=True).start()
         try:
             count = int(rate * seconds)
-            conns = [socket.create_connection((lab.staging_addr, 8080)) for _ in range(8)]
-            for sock in conns:
-                # drain the staging service's answers, or it stops reading our requests
-                threading.Thread(target=_drain, args=(sock,), daemon=True).start()
+            conns = [socket.create_connection((lab.staging_addr, 8080)) for _ in range(connections)]
+            peers = [sock.getsockname()[:2] for sock in conns]
+            sent = [bytearray() for _ in conns]
+            ids: list[list[int]] = [[] for _ in conns]
+            # drain the staging service's answers, or it stops reading our requests
+            drains = [threading.Thread(target=_drain, args=(s,), daemon=True) for s in conns]
+            for t in drains:
+                t.start()
             started = time.perf_counter()
             for i in range(count):
-                sock = conns[i % len(conns)]
-                sock.sendall(f"GET /r{i} HTTP/1.1\r\nHost: s\r\n\r\n".encode())
+                c = i % len(conns)
+                request = f"GET /r{i} HTTP/1.1\r\nHost: s\r\n\r\n".encode()
+                conns[c].sendall(request)
+                sent[c] += request
+                ids[c].append(i)
                 # pace the sender to the rate asked
                 ahead = started + (i + 1) / rate - time.perf_counter()
                 if ahead > 0:
                     time.sleep(ahead)
             elapsed = time.perf_counter() - started
-            deadline = time.monotonic() + 10
-            while len(seen) < count and time.monotonic() < deadline:
-                time.sleep(0.1)
             for sock in conns:
                 sock.shutdown(socket.SHUT_WR)
+            done = time.perf_counter()
+            for t in drains:
+                t.join(10)  # the service answered everything and closed
+            for sock in conns:
+                sock.close()
+            # every mirrored connection ends with the client's FIN: wait for all reports
+            with heard:
+                heard.wait_for(lambda: len(reports) >= len(conns), timeout=30)
+                got_reports = dict(reports)
+            waited = time.perf_counter() - done
         finally:
             app.terminate()
             app.wait(10)
-    got = {line.strip() for line in seen}
-    lost = count - len(got & {f"/r{i}" for i in range(count)})
+
+    total_got = total_dup = 0
+    clean = True
+    for c, peer in enumerate(peers):
+        report = got_reports.get((peer[0], peer[1]))
+        if report is None:
+            clean = False
+            print(f"  connection {c} ({peer[0]}:{peer[1]}): no report from the app")
+            continue
+        mine = set(ids[c])
+        got = [i for i in report["ids"] if i in mine]
+        total_got += len(set(got))
+        total_dup += len(got) - len(set(got))
+        exact = (
+            report["bytes"] == len(sent[c])
+            and report["sha256"] == hashlib.sha256(sent[c]).hexdigest()
+        )
+        clean = clean and exact and report["end"] == "eof"
+        print(
+            f"  connection {c}: sent {len(ids[c])} requests ({len(sent[c])} bytes), the app got"
+            f" {len(set(got))} ({report['bytes']} bytes, {'exact' if exact else 'NOT exact'}),"
+            f" end: {report['end']}"
+        )
+    lost = count - total_got
     print(
-        f"mirror: sent {count} requests at {count / elapsed:.0f}/s, the local app got {count - lost}, lost {lost}"
+        f"mirror: sent {count} requests at {count / elapsed:.0f}/s on {len(conns)} connections,"
+        f" the local app got {total_got}, lost {lost}, duplicated {total_dup};"
+        f" {'every connection exact with a clean EOF' if clean else 'NOT every connection exact and clean'}"
+        f" (the last report came {waited:.2f} s after the EOFs)"
     )
+    return lost == 0 and total_dup == 0 and clean
 
 
 def main() -> None:
@@ -171,11 +252,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
     if args.what == "steal-throughput":
         steal_throughput(args.mb, args.rounds)
     else:
-        mirror_rate(args.rate, args.seconds)
+        if not mirror_rate(args.rate, args.seconds, args.connections):
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

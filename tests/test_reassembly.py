@@ -121,6 +121,32 @@ def test_rejects_garbage_fragments_and_other_protocols() -> None:
     assert parse_ip_tcp(b"") is None
 
 
+def test_big_tcp_super_packets_take_their_length_from_the_capture() -> None:
+    # A GRO'd packet over 64 KiB (BIG TCP) says 0 in its IP length field.
+    payload = bytes(range(256)) * 400  # 102,400 bytes
+    pkt = bytearray(ipv4("198.18.0.1", "198.18.0.2", tcp_header(40000, 8080, 9, ACK) + b"\0"))
+    pkt[2:4] = b"\0\0"
+    pkt = pkt[:-1] + payload
+    seg = parse_ip_tcp(bytes(pkt))
+    assert seg is not None and seg.seq == 9 and bytes(seg.payload) == payload
+    small = bytearray(ipv4("198.18.0.1", "198.18.0.2", tcp_header(1, 2, 3, ACK) + b"data"))
+    small[2:4] = b"\0\0"  # length 0 on a packet that fits in 64 KiB: garbage
+    assert parse_ip_tcp(bytes(small)) is None
+    big6 = bytearray(ipv6("fd00::1", "fd00::2", tcp_header(40000, 8080, 9, ACK)))
+    big6[4:6] = b"\0\0"
+    seg = parse_ip_tcp(bytes(big6) + payload)
+    assert seg is not None and bytes(seg.payload) == payload
+    # An RFC 2675 jumbogram: length 0, a hop-by-hop header with the jumbo payload option.
+    hbh = bytes([6, 0, 0xC2, 4]) + struct.pack("!I", 8 + 20 + len(payload))
+    jumbo = bytearray(ipv6("fd00::1", "fd00::2", tcp_header(1, 80, 5, ACK), nxt=0, ext=hbh))
+    jumbo[4:6] = b"\0\0"
+    seg = parse_ip_tcp(bytes(jumbo) + payload)
+    assert seg is not None and seg.dport == 80 and bytes(seg.payload) == payload
+    small6 = bytearray(ipv6("::1", "::2", tcp_header(1, 2, 3, ACK) + b"data"))
+    small6[4:6] = b"\0\0"
+    assert parse_ip_tcp(bytes(small6)) is None
+
+
 @given(st.binary(max_size=120))
 def test_parser_never_raises(data: bytes) -> None:
     for candidate in (data, b"\x45" + data, b"\x60" + data):

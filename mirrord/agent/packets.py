@@ -32,6 +32,7 @@ PSH = 0x08
 ACK = 0x10
 
 _PROTO_TCP = 6
+_MAX_IP_LEN = 0xFFFF  # the largest length an IP header's length field can give
 # IPv6 extension headers we skip to reach TCP (RFC 8200 §4): hop-by-hop, routing,
 # destination options, fragment, authentication.
 _HOPOPTS, _ROUTING, _FRAGMENT, _AH, _DSTOPTS = 0, 43, 44, 51, 60
@@ -64,6 +65,11 @@ def parse_ip_tcp(packet: bytes | bytearray | memoryview) -> TcpSegment | None:
     IP fragments give ``None`` (the TCP header or payload would be incomplete; TCP stacks
     avoid fragmentation with path-MTU discovery, so this costs nothing in practice).
     Trailing bytes beyond the IP length (Ethernet padding) are ignored.
+
+    A packet longer than 64 KiB has no room for its length in the IP header: a BIG TCP
+    GSO/GRO super-packet (Linux) carries an IPv4 total length or IPv6 payload length of
+    0, and so does an IPv6 jumbogram (RFC 2675). Such a packet is taken to be as long as
+    what was captured, as tcpdump does.
     """
     try:
         view = packet if isinstance(packet, memoryview) else memoryview(packet)
@@ -79,6 +85,8 @@ def parse_ip_tcp(packet: bytes | bytearray | memoryview) -> TcpSegment | None:
             # More-fragments flag or a non-zero offset: a fragment.
             if proto != _PROTO_TCP or ihl < 20 or frag & 0x3FFF:
                 return None
+            if total == 0 and size > _MAX_IP_LEN:
+                total = size  # BIG TCP
             if total < ihl or total > size:
                 return None
             src = _ntop(_AF_INET, view[12:16])
@@ -88,7 +96,9 @@ def parse_ip_tcp(packet: bytes | bytearray | memoryview) -> TcpSegment | None:
             if size < 40:
                 return None
             end = 40 + ((view[4] << 8) | view[5])
-            if end > size or end == 40:  # truncated, or a jumbogram (length 0)
+            if end == 40 and size - 40 > _MAX_IP_LEN:
+                end = size  # BIG TCP, or a jumbogram (its hop-by-hop header is skipped)
+            if end > size or end == 40:  # truncated, or no payload
                 return None
             nxt = view[6]
             start = 40

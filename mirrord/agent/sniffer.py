@@ -55,14 +55,17 @@ SO_RCVBUFFORCE = 33  # like SO_RCVBUF, but above net.core.rmem_max (needs CAP_NE
 
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 DEFAULT_BATCH = 256
-#: Bigger than any packet: IP caps a packet at 64 KiB, GRO'd super-packets included.
-RECV_SIZE = 256 * 1024
+#: Bigger than any packet. A GSO/GRO super-packet is not limited to 64 KiB by IP: with
+#: BIG TCP (Linux 5.19+ for IPv6, 6.3+ for IPv4) it may reach GSO_MAX_SIZE (8 * 65535
+#: bytes), its IP length field then being 0 (``packets.parse_ip_tcp`` handles that).
+RECV_SIZE = 1024 * 1024
 #: How often idle flows are expired (also the longest wait with no packet at all).
 EXPIRE_INTERVAL = 1.0
 
 #: One classic BPF instruction: (code, jt, jf, k).
 Insn = tuple[int, int, int, int]
 _ACCEPT_LEN = RECV_SIZE  # a filter returns how many bytes of the packet to keep
+_RET_K = 0x06  # BPF_RET | BPF_K: "ret #k"
 _REJECT_ALL: list[Insn] = [(0x06, 0, 0, 0)]  # ret #0
 
 
@@ -114,12 +117,21 @@ def compile_port_filter(ports: Iterable[int], *, use_libpcap: bool = True) -> li
                 try:
                     insns = program.bf_insns
                     return [
-                        (insns[i].code, insns[i].jt, insns[i].jf, insns[i].k)
+                        _keep_whole(insns[i].code, insns[i].jt, insns[i].jf, insns[i].k)
                         for i in range(program.bf_len)
                     ]
                 finally:
                     free_filter(program)
     return builtin_port_filter(ports)
+
+
+def _keep_whole(code: int, jt: int, jf: int, k: int) -> Insn:
+    """libpcap's accepting ``ret #snaplen`` keeps only its snapshot length of a packet
+    (65,535 bytes as scapy opens it): a bigger GRO'd packet would come out truncated,
+    unparsable, and leave a hole in its stream. Keep every accepted packet whole."""
+    if code == _RET_K and k:
+        k = _ACCEPT_LEN
+    return (code, jt, jf, k)
 
 
 def builtin_port_filter(ports: Iterable[int]) -> list[Insn]:
@@ -249,6 +261,9 @@ class Sniffer:
         self.packets = 0
         #: Packets the kernel dropped because the receive buffer was full.
         self.kernel_drops = 0
+        #: Packets that passed the filter but are not a whole TCP segment (truncated,
+        #: an IP fragment...): each one may leave a hole in its stream.
+        self.unparsed = 0
         # Not bound to an interface: ETH_P_ALL on an unbound socket sees them all.
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
@@ -352,7 +367,9 @@ class Sniffer:
                 raise
             count += 1
             segment = parse_ip_tcp(view[:size])
-            if segment is not None and segment.dport in ports:
+            if segment is None:
+                self.unparsed += 1
+            elif segment.dport in ports:
                 out.extend(feed(segment, now))
         self.packets += count
 
@@ -373,12 +390,14 @@ class Sniffer:
         self.kernel_drops += drops
 
     def stats(self) -> dict[str, int]:
-        """Counters so far: packets read, packets the kernel dropped, open flows."""
+        """Counters so far: packets read, packets the kernel dropped, packets that could
+        not be parsed, open flows, flows evicted."""
         if not self._closed:
             self._read_stats()
         return {
             "packets": self.packets,
             "kernel_drops": self.kernel_drops,
+            "unparsed": self.unparsed,
             "flows": len(self.table),
             "evicted": self.table.evicted,
         }
