@@ -52,12 +52,12 @@ def test_bad_config_file_names_file_line_and_key(tmp_path: Path) -> None:
 
 def test_unimplemented_keys_are_named_in_a_warning(tmp_path: Path) -> None:
     config = tmp_path / "mirrord.json"
-    config.write_text(json.dumps({"target": "targetless", "feature": {"fs": "read"}}))
+    config.write_text(json.dumps({"target": "targetless", "feature": {"copy_target": True}}))
     (tmp_path / "app.py").write_text("print('ran')")
     proc = mirrord("-f", str(config), str(tmp_path / "app.py"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ran"
-    assert "feature.fs" in proc.stderr and "not implemented" in proc.stderr
+    assert "feature.copy_target" in proc.stderr and "not implemented" in proc.stderr
 
 
 def test_exit_code_and_args_are_the_programs_own(tmp_path: Path) -> None:

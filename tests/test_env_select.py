@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirrord.config import DEFAULT_EXCLUDES, EnvSettings, MirrordConfig, select_env
-from mirrord.config.env_select import matches_any
+from mirrord.config.env_select import apply_mapping, matches_any, without_unset
+from mirrord.config.rust_regex import compile_rust_regex
 
 REMOTE = {
     "DATABASE_URL": "postgres://db:5432/app",
@@ -187,3 +188,90 @@ def test_selection_invariants(
             name not in DEFAULT_EXCLUDES or name in named
         )
         assert (name in got) == (wanted or name in override)
+
+
+# ------------------------------------------- env_file, mapping, unset (the layers on top)
+
+
+def test_env_file_values_replace_remote_ones_and_are_not_filtered() -> None:
+    settings = EnvSettings(include=["DATABASE_*"])
+    got = select_env(REMOTE, settings, {}, file_vars={"DATABASE_URL": "file", "OTHER": "o"})
+    assert got == {"DATABASE_URL": "file", "DATABASE_PASSWORD": "hunter2", "OTHER": "o"}
+
+
+def test_mapping_is_mirrords_remapper() -> None:
+    # The cases of EnvVarsRemapper's own test (mirrord/config/src/feature/env/mapper.rs).
+    variables = dict.fromkeys(
+        [
+            "Lech",
+            "Krakus_I",
+            "Leszko_I",
+            "Leszko_II",
+            "Leszko_III",
+            "Popiel_II",
+            "Piast_the_Wheelwright",
+        ],
+        "Legendary",
+    )
+    mapping = {
+        "Lec.+": "Legendary founder of the great Polish nation",
+        "Krak.+": "Legendary founder of Krakow",
+        ".+zko_I$": "Defeated the Hungarians",
+        ".+zko_II.*": "Succession",
+        "([[:alpha:]]|_+)+(Wheel.+)": "Legendary founder of the Piast dinasty",
+    }
+    assert apply_mapping(variables, mapping) == {
+        "Lech": "Legendary founder of the great Polish nation",
+        "Krakus_I": "Legendary founder of Krakow",
+        "Leszko_I": "Defeated the Hungarians",
+        "Leszko_II": "Succession",
+        "Leszko_III": "Succession",
+        "Popiel_II": "Legendary",
+        "Piast_the_Wheelwright": "Legendary founder of the Piast dinasty",
+    }
+
+
+def test_mapping_applies_to_remote_and_file_values_then_override_wins() -> None:
+    settings = EnvSettings(
+        include=["DATABASE_*", "REDIS_HOST"],
+        mapping={"^DATABASE_": "mapped", "HOST$": "mapped-host", "_FILE$": "mapped-file"},
+        override={"DATABASE_URL": "overridden"},
+    )
+    got = select_env(REMOTE, settings, {"LOCAL_FILE": "x"}, file_vars={"FROM_FILE": "f"})
+    assert got == {
+        "DATABASE_URL": "overridden",
+        "DATABASE_PASSWORD": "mapped",
+        "REDIS_HOST": "mapped-host",
+        "FROM_FILE": "mapped-file",
+    }
+
+
+def test_unset_is_case_insensitive_and_reaches_local_variables() -> None:
+    env = {"AWS_PROFILE": "dev", "aws_profile": "x", "Aws_Profile": "y", "KEEP": "k"}
+    assert without_unset(env, ["aws_PROFILE"]) == {"KEEP": "k"}
+    assert without_unset(env, []) == env
+
+
+def test_unset_mapping_and_env_file_from_a_loaded_config() -> None:
+    cfg = MirrordConfig.model_validate(
+        {
+            "feature": {
+                "env": {
+                    "unset": "AWS_PROFILE",
+                    "env_file": ".env.staging",
+                    "mapping": {".+_TIMEOUT": "1000"},
+                }
+            }
+        }
+    )
+    assert (cfg.env.unset, cfg.env.env_file) == (["AWS_PROFILE"], ".env.staging")
+    assert cfg.env.mapping == {".+_TIMEOUT": "1000"}
+    assert select_env({"CONN_TIMEOUT": "5"}, cfg.env, {}) == {"CONN_TIMEOUT": "1000"}
+
+
+def test_rust_regex_dialect() -> None:
+    assert compile_rust_regex("[[:digit:]]+").fullmatch("123")
+    assert compile_rust_regex(r"(?<year>\d{4})\z").search("in 2024").group("year") == "2024"
+    assert compile_rust_regex(r"(?<=a)b").search("ab")
+    with pytest.raises(re.error):
+        compile_rust_regex("(")

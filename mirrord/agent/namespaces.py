@@ -29,14 +29,18 @@ def _check(result: int, what: str) -> None:
 
 def setns(path: str | Path, nstype: int) -> None:
     """Move this thread (and threads it starts later) into the namespace at `path`."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns_fd(fd, nstype, str(path))
+    finally:
+        os.close(fd)
+
+
+def setns_fd(fd: int, nstype: int, what: str = "namespace") -> None:
     if nstype == CLONE_NEWNS and threading.active_count() > 1:
         # the kernel refuses a mount-namespace switch of a multi-threaded process
         raise NamespaceError(0, "setns(mount) must happen before any thread starts")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(_libc.setns(fd, nstype), f"setns {path}")
-    finally:
-        os.close(fd)
+    _check(_libc.setns(fd, nstype), f"setns {what}")
 
 
 def unshare(flags: int) -> None:
@@ -59,9 +63,22 @@ def same_namespace(a: str | Path, b: str | Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def enter_named_netns(name: str) -> None:
-    """What `ip netns exec NAME` does: its network namespace, and /etc/netns/NAME over /etc."""
-    setns(f"/run/netns/{name}", CLONE_NEWNET)
+def enter_named_netns(name: str, pid: int | None = None) -> None:
+    """The network namespace NAME, and the mount namespace of its process `pid`.
+
+    A service started with `ip netns exec` has its own mount namespace: it already has
+    /etc/netns/NAME bound over /etc (DNS as the target resolves) and it holds the target's
+    files. Without such a process, do what `ip netns exec NAME` does.
+    """
+    netns = f"/run/netns/{name}"
+    mnt_fd = _mount_ns_of(pid, netns) if pid is not None else None
+    setns(netns, CLONE_NEWNET)
+    if mnt_fd is not None:
+        try:
+            setns_fd(mnt_fd, CLONE_NEWNS, f"/proc/{pid}/ns/mnt")
+        finally:
+            os.close(mnt_fd)
+        return
     etc = Path("/etc/netns") / name
     if not etc.is_dir():
         return
@@ -72,6 +89,24 @@ def enter_named_netns(name: str) -> None:
         target = Path("/etc") / entry.name
         if target.exists():
             bind_mount(str(entry), str(target))
+
+
+def _mount_ns_of(pid: int, netns: str) -> int | None:
+    """An open handle on `pid`'s mount namespace if it differs from ours, else None.
+
+    Opened before checking that `pid` is still in `netns`, so a pid reused in between
+    cannot hand us a stranger's namespace.
+    """
+    try:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if same_namespace(f"/proc/{pid}/ns/net", netns) and not same_namespace(
+        f"/proc/self/fd/{fd}", "/proc/self/ns/mnt"
+    ):
+        return fd
+    os.close(fd)
+    return None
 
 
 def enter_pid(pid: int) -> None:

@@ -9,6 +9,7 @@ import time
 import anyio
 import anyio.abc
 
+from mirrord.agent.files import FilesFeature
 from mirrord.agent.incoming import IncomingFeature
 from mirrord.agent.outgoing import OutgoingFeature
 from mirrord.agent.session import AgentState, ClientSession, Feature
@@ -18,7 +19,7 @@ from mirrord.protocol import ProtocolError
 log = logging.getLogger("mirrord.agent")
 HANDSHAKE_TIMEOUT = 10.0
 #: Everything the agent can do for a client, one feature per concern.
-FEATURES: list[type[Feature]] = [OutgoingFeature, IncomingFeature]
+FEATURES: list[type[Feature]] = [OutgoingFeature, IncomingFeature, FilesFeature]
 
 
 async def handle_client(state: AgentState, stream: anyio.abc.ByteStream) -> None:

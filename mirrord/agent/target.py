@@ -51,7 +51,8 @@ class LocalTarget:
             namespaces.enter_pid(self.pid)
         elif self.kind == "netns":
             assert self.netns is not None
-            namespaces.enter_named_netns(self.netns)
+            # the main process's mount namespace: its /etc/netns binds and its files
+            namespaces.enter_named_netns(self.netns, self.process())
 
 
 def _start_time(pid: int) -> int:

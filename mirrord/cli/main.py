@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from mirrord.cli.config_commands import schema_command, verify_config_command
 from mirrord.cli.errors import CliError
 from mirrord.cli.options import session_options
 
@@ -84,6 +85,10 @@ def demo_command(keep: bool) -> None:
     from mirrord.cli.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
+
+
+cli.add_command(verify_config_command)
+cli.add_command(schema_command)
 
 
 def _with_default_command(argv: list[str]) -> list[str]:

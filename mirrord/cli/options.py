@@ -8,6 +8,15 @@ from typing import Any
 
 import click
 
+# `--fs-mode` values: mirrord's clap `FsMode` value names (kebab-case) -> the config's mode.
+_FS_MODES = {
+    "read": "read",
+    "write": "write",
+    "local": "local",
+    "local-with-overrides": "localwithoverrides",
+    "localwithoverrides": "localwithoverrides",  # the config spelling, accepted too
+}
+
 
 def session_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
@@ -17,6 +26,21 @@ def session_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--config-file",
             type=click.Path(path_type=Path, dir_okay=False),
             help="mirrord config file (JSON, TOML or YAML); default .mirrord/mirrord.json",
+        ),
+        click.option(
+            "--fs-mode",
+            type=click.Choice(list(_FS_MODES)),
+            help="default file system behaviour (feature.fs.mode)",
+        ),
+        click.option(
+            "--env-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help=".env file whose variables override the remote ones (feature.env.env_file)",
+        ),
+        click.option(
+            "--steal",
+            is_flag=True,
+            help="steal incoming traffic instead of mirroring it (feature.network.incoming)",
         ),
         click.option("--no-remote-dns", is_flag=True, help="resolve names locally"),
         click.option("--no-outgoing", is_flag=True, help="keep all outgoing traffic local"),
@@ -54,4 +78,11 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
         result["feature.env.exclude"] = options["override_env_vars_exclude"]
     if options.get("override_env_vars_include") is not None:
         result["feature.env.include"] = options["override_env_vars_include"]
+    if options.get("fs_mode"):
+        result["feature.fs.mode"] = _FS_MODES[options["fs_mode"]]
+    if options.get("env_file") is not None:
+        result["feature.env.env_file"] = str(options["env_file"])
+    if options.get("steal"):
+        # mirrord sets MIRRORD_AGENT_TCP_STEAL_TRAFFIC, which replaces the mode in any form.
+        result["feature.network.incoming.mode"] = "steal"
     return result

@@ -11,7 +11,9 @@ from typing import Any, NoReturn
 from mirrord.cli.errors import CliError
 from mirrord.cli.session import python_path_with_hook, start_session
 from mirrord.config import ConfigError, load_config
-from mirrord.config.env_select import select_env
+from mirrord.config.env_file import EnvFileError, read_env_file
+from mirrord.config.env_select import select_env, without_unset
+from mirrord.config.verify import verify_config
 
 
 def _warn(message: str) -> None:
@@ -24,6 +26,8 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
 
     try:
         cfg = load_config(options.get("config_file"), overrides=overrides_from(options))
+        for warning in verify_config(cfg):
+            _warn(warning)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     if cfg.unimplemented_keys:
@@ -34,14 +38,24 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
     program = shutil.which(argv[0]) or argv[0]
     if not Path(program).exists():
         raise CliError(f"no such program: {argv[0]}")
+    env_settings = cfg.env
+    file_vars: dict[str, str] = {}
+    if env_settings.env_file:
+        # Read before the session starts, so a bad file costs no agent start-up.
+        try:
+            file_vars = read_env_file(env_settings.env_file, os.environ)
+        except EnvFileError as exc:
+            raise CliError(f"feature.env.env_file: {exc}") from None
     session = start_session(
         cfg.target.path or "targetless",
         cfg.layer_settings(),
         log_level=options.get("log_level") or "info",
     )
     env = dict(os.environ)
-    if cfg.env.enabled:
-        env.update(select_env(session.remote_env(), cfg.env, os.environ))
+    if env_settings.enabled:
+        remote = session.remote_env()
+        env.update(select_env(remote, env_settings, os.environ, file_vars=file_vars))
+    env = without_unset(env, env_settings.unset)
     env.update(session.layer_env())
     env["PYTHONPATH"] = python_path_with_hook(env.get("PYTHONPATH"))
     sys.stdout.flush()

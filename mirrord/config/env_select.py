@@ -3,7 +3,19 @@
 Follows mirrord: ``include`` / ``exclude`` are lists of case-sensitive patterns where ``*``
 matches any run of characters (including none) and ``?`` exactly one (no other wildcard
 syntax), the two are mutually exclusive, a fixed list of variables that only make sense on
-the remote machine is never copied, and ``override`` wins over everything.
+the remote machine is never copied.
+
+The layers, lowest first, as mirrord builds them (``fetch_env_vars`` in
+``mirrord/cli/src/execution.rs``, then ``exec`` in ``mirrord/cli/src/main.rs``):
+
+1. the local environment;
+2. the selected remote variables;
+3. the ``env_file`` variables (they replace remote ones, and are not filtered);
+4. ``mapping``: each remote or env-file variable whose *name* a regex matches (a search, not
+   a full match; the first matching pattern wins) gets that pattern's value;
+5. ``override``;
+6. ``unset`` removes names from the result, whatever their case (mirrord's layer compares
+   lower-cased names).
 """
 
 from __future__ import annotations
@@ -13,8 +25,9 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from mirrord.config.model import EnvConfig, EnvSettings, resolve_env
+from mirrord.config.rust_regex import compile_rust_regex
 
-__all__ = ["DEFAULT_EXCLUDES", "matches_any", "select_env"]
+__all__ = ["DEFAULT_EXCLUDES", "apply_mapping", "matches_any", "select_env", "without_unset"]
 
 # mirrord's agent always filters these out (mirrord/agent/src/env.rs, EnvFilter::new): they
 # describe the remote machine's toolchain and paths and would break the local process.
@@ -79,15 +92,41 @@ def _is_literal(pattern: str) -> bool:
     return "*" not in pattern and "?" not in pattern
 
 
+def apply_mapping(variables: Mapping[str, str], mapping: Mapping[str, str]) -> dict[str, str]:
+    """``variables`` with each value whose name matches a ``mapping`` regex replaced.
+
+    mirrord's ``EnvVarsRemapper``: a pattern matches if it is found anywhere in the name
+    (anchor it with ``^``/``$`` for more), the replacement is the literal value, and the first
+    matching pattern wins (mirrord's order is its hash map's; here it is the file's order).
+    """
+    patterns = [(compile_rust_regex(pattern), value) for pattern, value in mapping.items()]
+    result = dict(variables)
+    for name in result:
+        for regex, value in patterns:
+            if regex.search(name):
+                result[name] = value
+                break
+    return result
+
+
+def without_unset(env: Mapping[str, str], unset: Iterable[str]) -> dict[str, str]:
+    """``env`` without the ``unset`` names, compared case-insensitively (``AWS_PROFILE``
+    also removes ``aws_profile``), as mirrord's layer does."""
+    names = {name.lower() for name in unset}
+    return {key: value for key, value in env.items() if key.lower() not in names}
+
+
 def select_env(
     remote: Mapping[str, str],
     cfg_env: EnvSettings | EnvConfig | bool | None,
     local: Mapping[str, str] | None = None,
+    file_vars: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The variables to put on top of the local environment (``os.environ | result``).
 
     ``remote`` is the target's environment, ``cfg_env`` the ``feature.env`` setting in any
-    form (``cfg.env`` is the usual argument), ``local`` the local environment.
+    form (``cfg.env`` is the usual argument), ``local`` the local environment and
+    ``file_vars`` what ``env_file`` defines (see :mod:`mirrord.config.env_file`).
 
     * ``include`` given: only matching remote variables; ``exclude`` given: all but the
       matching ones; neither: all. Both: ``ValueError`` (mirrord refuses it too).
@@ -96,7 +135,11 @@ def select_env(
       these requires specifying them with include".
     * A remote ``MIRRORD_*`` variable never replaces one the local environment already has:
       those configure this run of mirrord.
-    * ``override`` entries are always set and win over remote values.
+    * ``file_vars`` replace remote values; then ``mapping`` rewrites remote and file values;
+      then ``override`` entries are set and win over everything.
+
+    ``unset`` is not applied here since it also removes local variables: use
+    :func:`without_unset` on the final environment.
     """
     settings = resolve_env(cfg_env)
     if settings.include is not None and settings.exclude is not None:
@@ -116,5 +159,8 @@ def select_env(
             continue
         if name in named or matches_any(name, include):
             result[name] = value
+    result.update(file_vars or {})
+    if settings.mapping:
+        result = apply_mapping(result, settings.mapping)
     result.update(settings.override)
     return result

@@ -86,6 +86,9 @@ _IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "env", "include"),
     ("feature", "env", "exclude"),
     ("feature", "env", "override"),
+    ("feature", "env", "unset"),
+    ("feature", "env", "env_file"),
+    ("feature", "env", "mapping"),
     ("feature", "network", "outgoing", "tcp"),
     ("feature", "network", "outgoing", "udp"),
     ("feature", "network", "outgoing", "ignore_localhost"),
@@ -103,6 +106,7 @@ _IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "network", "incoming", "ignore_ports"),
     ("feature", "network", "incoming", "ports"),
     ("feature", "network", "incoming", "ignore_localhost"),
+    ("feature", "fs"),  # every key: mode, the regex lists, mapping, readonly_file_buffer
     ("agent", "ttl"),
 )
 # `true`/`false` on these sections only switches implemented things on or off.

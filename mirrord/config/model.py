@@ -13,6 +13,7 @@ resolved accessors (:attr:`MirrordConfig.outgoing`, :attr:`MirrordConfig.dns`,
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from mirrord.config.rust_regex import compile_rust_regex
+from mirrord.layer.fs_filter import compile_pattern as compile_fs_pattern
 from mirrord.layer.outgoing_filter import FilterError, parse_entry
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "FeatureConfig",
     "FilterSpec",
     "FsConfig",
+    "FsSettings",
     "IncomingConfig",
     "MirrordConfig",
     "NetworkConfig",
@@ -120,7 +124,7 @@ def _shape(value: Any) -> str | None:
         return "<bool>"
     if isinstance(value, str):
         return "<str>"
-    if isinstance(value, dict):
+    if isinstance(value, dict | BaseModel):  # a model instance when serialising
         return "<object>"
     return None
 
@@ -257,6 +261,20 @@ def _target_before(value: Any) -> Any:
 # ------------------------------------------------------------------------ feature.env
 
 
+def _check_env_mapping(value: dict[str, str]) -> dict[str, str]:
+    # mirrord compiles the patterns when it verifies the config (ConfigError::Regex).
+    for pattern in value:
+        try:
+            compile_rust_regex(pattern)
+        except re.error as err:
+            raise PydanticCustomError(
+                "regex",
+                "invalid regular expression {pattern}: {reason}",
+                {"pattern": _json(pattern), "reason": str(err)},
+            ) from None
+    return value
+
+
 class EnvConfig(_Section):
     """``feature.env`` in object form."""
 
@@ -269,12 +287,23 @@ class EnvConfig(_Section):
         description="All remote variables but these (`*`/`?` globs, list or ';'-separated).",
     )
     override: dict[str, str] | None = Field(
-        default=None, description="Set these variables locally."
+        default=None,
+        description="Set these variables locally; wins over remote, env file and mapping.",
     )
     load_from_process: bool | None = None
-    unset: StrList | None = None
-    env_file: str | None = None
-    mapping: dict[str, str] | None = None
+    unset: StrList | None = Field(
+        default=None,
+        description="Remove these variables from the app's environment (case-insensitive).",
+    )
+    env_file: str | None = Field(
+        default=None,
+        description="A .env file whose variables override the remote ones.",
+    )
+    mapping: Annotated[dict[str, str], AfterValidator(_check_env_mapping)] | None = Field(
+        default=None,
+        description="Regex on a variable's name -> the value it gets (remote and env-file "
+        "variables).",
+    )
 
     @model_validator(mode="after")
     def _include_xor_exclude(self) -> EnvConfig:
@@ -469,15 +498,32 @@ NetworkField = Annotated[
 FsMode = Literal["local", "localwithoverrides", "read", "write"]
 
 
+def _check_fs_patterns(value: Any) -> Any:
+    # compiled as the layer compiles them (fs_filter: Rust syntax translated, ignore case)
+    for pattern in value:
+        try:
+            compile_fs_pattern(pattern)
+        except re.error as err:
+            raise PydanticCustomError(
+                "regex",
+                "invalid regular expression {pattern}: {reason}",
+                {"pattern": _json(pattern), "reason": str(err)},
+            ) from None
+    return value
+
+
+FsPatterns = Annotated[StrList, AfterValidator(_check_fs_patterns)]
+
+
 class FsConfig(_Section):
-    """``feature.fs`` in object form (accepted, not implemented yet)."""
+    """``feature.fs`` in object form."""
 
     mode: FsMode | None = None
-    read_write: StrList | None = None
-    read_only: StrList | None = None
-    local: StrList | None = None
-    not_found: StrList | None = None
-    mapping: dict[str, str] | None = None
+    read_write: FsPatterns | None = None
+    read_only: FsPatterns | None = None
+    local: FsPatterns | None = None
+    not_found: FsPatterns | None = None
+    mapping: Annotated[dict[str, str], AfterValidator(_check_fs_patterns)] | None = None
     readonly_file_buffer: U64 | None = None
 
 
@@ -738,6 +784,49 @@ class IncomingSettings:
 
 
 @dataclass(frozen=True)
+class FsSettings:
+    """``feature.fs`` resolved: true is mode "read", false is "local"."""
+
+    mode: str = "read"
+    read_write: list[str] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)
+    local: list[str] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)
+    readonly_file_buffer: int | None = None
+
+    def to_settings(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "read_write": list(self.read_write),
+            "read_only": list(self.read_only),
+            "local": list(self.local),
+            "not_found": list(self.not_found),
+            "mapping": dict(self.mapping),
+            "readonly_file_buffer": self.readonly_file_buffer,
+        }
+
+
+def resolve_fs(value: bool | str | FsConfig | None) -> FsSettings:
+    """Normalise any form of ``feature.fs`` to :class:`FsSettings`."""
+    if value is None or value is True:
+        return FsSettings()
+    if value is False:
+        return FsSettings(mode="local")
+    if isinstance(value, str):
+        return FsSettings(mode=value)
+    return FsSettings(
+        mode=value.mode or "read",
+        read_write=list(value.read_write or []),
+        read_only=list(value.read_only or []),
+        local=list(value.local or []),
+        not_found=list(value.not_found or []),
+        mapping=dict(value.mapping or {}),
+        readonly_file_buffer=value.readonly_file_buffer,
+    )
+
+
+@dataclass(frozen=True)
 class DnsSettings:
     enabled: bool = True
     filter: FilterSpec | None = None
@@ -751,6 +840,9 @@ class EnvSettings:
     include: list[str] | None = None
     exclude: list[str] | None = None
     override: dict[str, str] = field(default_factory=dict)
+    unset: list[str] = field(default_factory=list)
+    env_file: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_env(value: bool | EnvConfig | EnvSettings | None) -> EnvSettings:
@@ -767,6 +859,9 @@ def resolve_env(value: bool | EnvConfig | EnvSettings | None) -> EnvSettings:
         include=None if value.include is None else list(value.include),
         exclude=None if value.exclude is None else list(value.exclude),
         override=dict(value.override or {}),
+        unset=list(value.unset or []),
+        env_file=value.env_file,
+        mapping=dict(value.mapping or {}),
     )
 
 
@@ -891,6 +986,11 @@ class MirrordConfig(_Section):
         """``feature.env`` resolved."""
         return resolve_env(self.feature.env)
 
+    @property
+    def fs(self) -> FsSettings:
+        """``feature.fs`` resolved."""
+        return resolve_fs(self.feature.fs)
+
     def layer_settings(self) -> dict[str, Any]:
         """The JSON-serialisable settings the in-app layer reads (standard library only)."""
         outgoing, dns = self.outgoing, self.dns
@@ -906,6 +1006,7 @@ class MirrordConfig(_Section):
                 "filter": None if dns.filter is None else dns.filter.to_settings(),
             },
             "incoming": self.incoming.to_settings(),
+            "fs": self.fs.to_settings(),
         }
 
 

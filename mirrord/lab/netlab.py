@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mirrord.lab import remote_files
 from mirrord.lab.tls import write_certs
 
 T = TypeVar("T")
@@ -394,6 +395,8 @@ class Lab:
     service_pid: int = 0
     # service name -> pid, for every process the lab started
     pids: dict[str, int] = field(default_factory=dict)
+    # files only the staging service sees (its own mount namespace): see remote_files.py
+    remote_root: str = remote_files.ROOT
     _procs: list[subprocess.Popen[Any]] = field(default_factory=list, init=False, repr=False)
     _closed: bool = field(default=False, init=False, repr=False)
     _close_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -477,6 +480,23 @@ class Lab:
         popen_kwargs.setdefault("check", False)
         return subprocess.run(["ip", "netns", "exec", self._ns(ns), *argv], **popen_kwargs)
 
+    def run_in_service(
+        self, argv: Sequence[str], **popen_kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the staging service's mount and network namespaces (its files).
+
+        Same defaults as ``run_in``.
+        """
+        if "stdout" not in popen_kwargs and "stderr" not in popen_kwargs:
+            popen_kwargs.setdefault("capture_output", True)
+        popen_kwargs.setdefault("text", True)
+        popen_kwargs.setdefault("timeout", 60)
+        popen_kwargs.setdefault("check", False)
+        nsenter = shutil.which("nsenter") or "nsenter"
+        return subprocess.run(
+            [nsenter, "-t", str(self.service_pid), "-m", "-n", *argv], **popen_kwargs
+        )
+
     def popen_in(self, ns: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside ``ns``; the lab kills it on close() if still running.
 
@@ -556,7 +576,14 @@ class Lab:
             _Service(
                 "staging-service",
                 stg,
-                server("text-http", self.staging_addr, self.service_port, body="staging-service"),
+                server(
+                    "text-http",
+                    self.staging_addr,
+                    self.service_port,
+                    body="staging-service",
+                    # a tmpfs with the target's files, in this service's mount namespace only
+                    **{"remote-files": remote_files.MOUNT_POINT},
+                ),
                 self.staging_env,
                 lambda: _probe_tcp(self.staging_addr, self.service_port),
             ),

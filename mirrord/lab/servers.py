@@ -160,7 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", default="echo:", help="udp-echo: prepended to each reply")
     parser.add_argument("--cert", help="tls-http: certificate chain PEM")
     parser.add_argument("--key", help="tls-http: private key PEM")
+    parser.add_argument(
+        "--remote-files",
+        metavar="MOUNT_POINT",
+        help="first mount a tmpfs there (in this mount namespace) with the target's files",
+    )
     args = parser.parse_args(argv)
+    if args.remote_files:
+        from mirrord.lab.remote_files import populate
+
+        populate(args.remote_files)
 
     if args.kind == "udp-echo":
         serve_udp_echo(args.host, args.port, args.prefix.encode())

@@ -33,6 +33,9 @@ class LayerSettings:
     remote_dns: bool = True
     dns_filter: OutgoingFilter | None = None
     incoming: IncomingSettings = field(default_factory=lambda: IncomingSettings.from_dict({}))
+    #: feature.fs as MirrordConfig.layer_settings() gives it (mode, regex lists, mapping...);
+    #: FilePatches reads it. Empty means mirrord's default: mode "read".
+    fs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerSettings:
@@ -47,6 +50,7 @@ class LayerSettings:
             remote_dns=bool(dns.get("enabled", True)),
             dns_filter=OutgoingFilter.from_settings(dns_filter) if dns_filter else None,
             incoming=IncomingSettings.from_dict(data.get("incoming") or {}),
+            fs=dict(data.get("fs") or {}),
         )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from mirrord.layer.client import ProxyClient
 from mirrord.layer.context import Context, LayerSettings
 from mirrord.layer.dns import DnsPatches
+from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
@@ -29,6 +30,7 @@ class Layer:
             dns,
             SocketPatches(self.context, dns),
             IncomingPatches(self.context),
+            FilePatches(self.context),
         ]
         self._fork_hook = False
 

@@ -4,6 +4,29 @@ Imported inside the user's app by the layer: standard library and msgpack only.
 """
 
 from mirrord.protocol.codec import Codec, ProtocolError
+from mirrord.protocol.files import (
+    FileAccess,
+    FileClose,
+    FileData,
+    FileDone,
+    FileEntries,
+    FileFstat,
+    FileLink,
+    FileListDir,
+    FileMkdir,
+    FileOpen,
+    FileOpened,
+    FileRead,
+    FileReadlink,
+    FileRename,
+    FileRmdir,
+    FileStat,
+    FileStatResult,
+    FileTruncate,
+    FileUnlink,
+    FileWrite,
+    FileWritten,
+)
 from mirrord.protocol.handshake import ClientHandshake, ServerHandshake
 from mirrord.protocol.incoming import (
     ConnInfo,
@@ -38,6 +61,27 @@ from mirrord.protocol.messages import (
 )
 
 __all__ = [
+    "FileAccess",
+    "FileClose",
+    "FileData",
+    "FileDone",
+    "FileEntries",
+    "FileFstat",
+    "FileLink",
+    "FileListDir",
+    "FileMkdir",
+    "FileOpen",
+    "FileOpened",
+    "FileRead",
+    "FileReadlink",
+    "FileRename",
+    "FileRmdir",
+    "FileStat",
+    "FileStatResult",
+    "FileTruncate",
+    "FileUnlink",
+    "FileWrite",
+    "FileWritten",
     "ConnInfo",
     "ConnInfoReply",
     "IncomingConnection",
