@@ -29,7 +29,7 @@ SERVERS = {
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 reply = json.dumps({"who": "local-app", "client": self.client_address[0],
                                     "body": body.decode(), "port": self.server.socket.getsockname()[1]}).encode()
-                print(reply.decode(), flush=True)
+                os.write(1, reply + b"\\n")
                 self.send_response(200); self.send_header("Content-Length", str(len(reply)))
                 self.end_headers(); self.wfile.write(reply)
             def log_message(self, *a): pass
@@ -38,7 +38,7 @@ SERVERS = {
         srv.serve_forever()
     """,
     "asyncio": """
-        import asyncio, json
+        import asyncio, json, os
         async def handle(reader, writer):
             while True:
                 head = await reader.readuntil(b"\\r\\n\\r\\n")
@@ -47,7 +47,7 @@ SERVERS = {
                 peer = writer.get_extra_info("peername")[0]
                 port = writer.get_extra_info("sockname")[1]
                 reply = json.dumps({"who": "local-app", "client": peer, "body": body.decode(), "port": port}).encode()
-                print(reply.decode(), flush=True)
+                os.write(1, reply + b"\\n")
                 writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
                 await writer.drain()
         async def main():
@@ -57,7 +57,7 @@ SERVERS = {
         asyncio.run(main())
     """,
     "uvicorn": """
-        import json, uvicorn
+        import json, os, uvicorn
         async def app(scope, receive, send):
             if scope["type"] != "http":
                 return
@@ -69,7 +69,7 @@ SERVERS = {
                     break
             reply = json.dumps({"who": "local-app", "client": scope["client"][0],
                                 "body": body.decode(), "port": scope["server"][1]}).encode()
-            print(reply.decode(), flush=True)
+            os.write(1, reply + b"\\n")
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", str(len(reply)).encode())]})
             await send({"type": "http.response.body", "body": reply})
@@ -81,7 +81,7 @@ SERVERS = {
         Ready(uvicorn.Config(app, host="0.0.0.0", port=8080, log_level="warning", loop="asyncio")).run()
     """,
     "raw socket": """
-        import json, socket, threading
+        import json, os, socket, threading
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind(("0.0.0.0", 8080))
@@ -103,7 +103,7 @@ SERVERS = {
                     body, data = data[:length], data[length:]
                     reply = json.dumps({"who": "local-app", "client": addr[0], "body": body.decode(),
                                         "port": srv.getsockname()[1]}).encode()
-                    print(reply.decode(), flush=True)
+                    os.write(1, reply + b"\\n")
                     conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(reply) + reply)
         while True:
             threading.Thread(target=serve, args=srv.accept(), daemon=True).start()
