@@ -646,6 +646,10 @@ class FilePatches(PatchFamily):
     def materialise(self, remote: str, filename: Any) -> int:
         """A read-only memfd (sealed) with the whole remote file, at offset 0."""
         opened = self._remote_open(remote, os.O_RDONLY, filename, MAX_FILE_CHUNK)
+        return self._sealed_copy(remote, opened, filename)
+
+    def _sealed_copy(self, remote: str, opened: Any, filename: Any) -> int:
+        """Fetch an opened remote file into a sealed memfd at offset 0; closes the handle."""
         try:
             fd = _memfd(remote, sealable=True)
             try:
@@ -717,17 +721,7 @@ class FilePatches(PatchFamily):
             if opened.handle and opened.stat[STAT_FIELDS.index("st_size")] > STREAM_ABOVE:
                 reader = _RemoteReader(self, opened, file, remote)
                 return _layered(reader, mode, parsed, buffering, encoding, errors, newline)
-            try:
-                fd = _memfd(remote, sealable=True)
-                try:
-                    self._fetch_into(fd, opened, file)
-                    fcntl.fcntl(fd, _F_ADD_SEALS, _SEALS)
-                    os.lseek(fd, 0, os.SEEK_SET)
-                except BaseException:
-                    os.close(fd)
-                    raise
-            finally:
-                self.close_handle(opened.handle)
+            fd = self._sealed_copy(remote, opened, file)
             return self._open_memfd(wrapped, fd, file, mode, buffering, encoding, errors, newline)
         flags = (
             os.O_RDWR
