@@ -80,6 +80,22 @@ SERVERS = {
         # loop="asyncio": uvloop sockets live in libuv, where only the native relay sees them
         Ready(uvicorn.Config(app, host="0.0.0.0", port=8080, log_level="warning", loop="asyncio")).run()
     """,
+    "flask": """
+        import json, os
+        from flask import Flask, request
+        app = Flask(__name__)
+        @app.post("/")
+        def index():
+            reply = json.dumps({"who": "local-app", "client": request.remote_addr,
+                                "body": request.get_data(as_text=True),
+                                "port": int(request.environ["SERVER_PORT"])}).encode()
+            os.write(1, reply + b"\\n")
+            return reply
+        from werkzeug.serving import make_server  # what app.run() uses, with a ready signal
+        server = make_server("0.0.0.0", 8080, app, threaded=True)
+        print("ready", flush=True)
+        server.serve_forever()
+    """,
     "raw socket": """
         import json, os, socket, threading
         srv = socket.socket()
@@ -209,7 +225,7 @@ def test_steal_gives_the_client_the_local_apps_answers(
 def test_steal_works_when_the_port_is_taken_here(lab: Lab, tmp_path: Path, start_app) -> None:
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAIT
-    blocker.bind(("0.0.0.0", 8080))
+    blocker.bind(("0.0.0.0", 8080))  # the port is taken on this machine
     blocker.listen()
     try:
         start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, "steal"))
@@ -377,3 +393,43 @@ def test_unfiltered_steal_of_a_stolen_port_is_refused(lab: Lab, tmp_path: Path, 
     )
     assert proc.returncode != 0
     assert "already stolen" in proc.stderr
+
+
+def test_port_options(lab: Lab, tmp_path: Path, start_app) -> None:
+    url = f"http://{lab.staging_addr}:8080/"
+    # port_mapping: the app listens on 9999 here and gets the target's 8080
+    app = start_app(
+        SERVERS["http.server"].replace("8080", "9999"),
+        "-f",
+        steal_config(tmp_path, {"mode": "steal", "port_mapping": [[9999, 8080]]}),
+    )
+    assert requests.post(url, data="mapped", timeout=10).json()["body"] == "mapped"
+    app.stop()
+    assert wait_for(lambda: "MIRRORD_" not in nat_rules(lab))
+    # ignore_ports: that listener stays the app's own, the target's port is untouched
+    app = start_app(
+        SERVERS["http.server"],
+        "-f",
+        steal_config(tmp_path, {"mode": "steal", "ignore_ports": [8080]}),
+    )
+    assert requests.post(url, data="x", timeout=10).text == "staging-service"
+    assert "MIRRORD_" not in nat_rules(lab)
+    assert (
+        requests.post("http://127.0.0.1:8080/", data="local", timeout=10).json()["body"] == "local"
+    )
+    app.stop()
+
+
+def test_mirror_with_an_http_filter(lab: Lab, tmp_path: Path, start_app) -> None:
+    incoming = {"mode": "mirror", "http_filter": {"header_filter": "x-mirror: yes"}}
+    app = start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, incoming))
+    url = f"http://{lab.staging_addr}:8080/"
+    with requests.Session() as client:
+        for i in range(6):
+            headers = {"x-mirror": "yes"} if i % 2 else {}
+            assert (
+                client.post(url, data=f"m{i}", headers=headers, timeout=10).text
+                == "staging-service"
+            )
+    # only the matching requests reach the local app, in order
+    assert [s["body"] for s in app.seen(3)] == ["m1", "m3", "m5"]

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import anyio
 import anyio.abc
+import h11
 
-from mirrord.mux import TcpPipe, splice
+from mirrord.agent.http_steal import RequestHead
+from mirrord.http_split import NotHttp, RequestSplitter, WholeRequest
+from mirrord.mux import Pipe, TcpPipe, splice
 from mirrord.protocol import (
     ConnInfo,
     ConnInfoReply,
@@ -34,12 +40,120 @@ CONN_INFO_MEMORY = 65536
 CLAIM_TIMEOUT = 5.0
 
 
-class MirroredAppPipe(TcpPipe):
-    """The app's answers to a mirrored request go nowhere: the target already answered."""
+#: How long a mirrored request waits for the app's answer before the next one goes anyway.
+MIRROR_ANSWER_TIMEOUT = 10.0
+
+
+class MirrorToApp:
+    """Mirrored bytes into the app: the target already answered the client, so the app's
+    answers are read and dropped.
+
+    HTTP/1.x is sent request by request, each after the app answered the one before: an
+    app that closes after an answer (Flask's dev server, HTTP/1.0) gets the next request
+    on a new connection, and a mirror HTTP filter picks which requests go at all. Anything
+    else is copied as a plain stream.
+    """
+
+    datagram = False
+
+    def __init__(
+        self,
+        first: anyio.abc.SocketStream,
+        reconnect: Callable[[], Awaitable[anyio.abc.SocketStream | None]],
+        http_filter: Any,
+    ) -> None:
+        self.stream: anyio.abc.SocketStream | None = first
+        self.reconnect = reconnect
+        self.http_filter = http_filter
+        self.splitter: RequestSplitter | None = RequestSplitter()
+        self.ended = anyio.Event()
+
+    async def send(self, data: bytes) -> None:
+        if self.splitter is None:
+            await self._write(data)
+            return
+        try:
+            requests = self.splitter.feed(data)
+        except NotHttp:
+            leftover, self.splitter = self.splitter.leftover(), None
+            await self._write(leftover)
+            return
+        for request in requests:
+            head = request.head
+            if self.http_filter is None or self.http_filter.matches(
+                head.method, head.path, head.headers
+            ):
+                await self._exchange(request)
+
+    async def _app(self) -> anyio.abc.SocketStream:
+        if self.stream is None:
+            self.stream = await self.reconnect()
+            if self.stream is None:
+                raise anyio.BrokenResourceError
+        return self.stream
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            await (await self._app()).send(data)
+
+    async def _exchange(self, request: WholeRequest) -> None:
+        for attempt in range(2):
+            stream = await self._app()
+            try:
+                await stream.send(request.raw)
+                with anyio.move_on_after(MIRROR_ANSWER_TIMEOUT):
+                    if not await _read_answer(stream, request.head):
+                        await self._drop_app()
+                return
+            except (
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                anyio.EndOfStream,
+                OSError,
+            ):
+                # the app closed this connection: the request goes again on a new one
+                await self._drop_app()
+                if attempt:
+                    raise anyio.BrokenResourceError from None
+
+    async def _drop_app(self) -> None:
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            await stream.aclose()
 
     async def receive(self, max_bytes: int) -> bytes:
-        while True:
-            await self.stream.receive(max_bytes)  # EndOfStream when the app closes
+        await self.ended.wait()
+        raise anyio.EndOfStream
+
+    async def send_eof(self) -> None:
+        # the client is done: so is the app's copy
+        await self._drop_app()
+        self.ended.set()
+
+    async def close(self, reset: bool) -> None:
+        await self._drop_app()
+        self.ended.set()
+
+
+async def _read_answer(stream: anyio.abc.SocketStream, head: RequestHead) -> bool:
+    """Read (and drop) the app's answer to `head`; False if the app closes after it."""
+    tracker = h11.Connection(h11.CLIENT)
+    # only the request line and Host matter for how the answer is framed
+    host = head.header("host") or "mirrord"
+    tracker.send(h11.Request(method=head.method, target=head.target, headers=[("Host", host)]))
+    tracker.send(h11.EndOfMessage())
+    while True:
+        event = tracker.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                data = await stream.receive(65536)
+            except anyio.EndOfStream:
+                data = b""
+            tracker.receive_data(data)
+        elif isinstance(event, h11.EndOfMessage):
+            return tracker.their_state is not h11.MUST_CLOSE
+        elif isinstance(event, h11.ConnectionClosed):
+            return False
 
 
 @dataclass
@@ -49,6 +163,7 @@ class Subscription:
     app_host: str
     app_port: int
     owner: object  # the layer session that subscribed
+    http_filter: Any = None  # mirror: which requests the app gets
 
 
 @dataclass(eq=False)
@@ -75,7 +190,12 @@ class IncomingRouter:
         reply = await self.agent.request(replace(msg, want_fd=want_fd))
         if isinstance(reply, Subscribed):
             self.subscriptions[msg.port] = Subscription(
-                msg.port, msg.mode, msg.local_host, msg.local_port, owner
+                msg.port,
+                msg.mode,
+                msg.local_host,
+                msg.local_port,
+                owner,
+                _mirror_filter(msg) if msg.mode == "mirror" else None,
             )
         return with_req(reply, msg.req)
 
@@ -147,7 +267,13 @@ class IncomingRouter:
         if stream is None:
             await self.agent.mux.reset(msg.conn)
             return
-        pipe = MirroredAppPipe(stream) if msg.mode == "mirror" else TcpPipe(stream)
+        if msg.mode == "mirror":
+            sub = self.subscriptions[msg.port]
+            pipe: Pipe = MirrorToApp(
+                stream, lambda: self._connect_app(msg, _Origin(_info(msg))), sub.http_filter
+            )
+        else:
+            pipe = TcpPipe(stream)
         self.agent.mux.attach(msg.conn, pipe)
 
     async def _deliver_fd(self, msg: IncomingFd, fd: int) -> None:
@@ -182,3 +308,14 @@ def _info(msg: IncomingConnection | IncomingFd) -> ConnInfoReply:
         local_port=msg.local_port,
         has_fd=False,
     )
+
+
+def _mirror_filter(msg: Subscribe) -> Any:
+    """The HttpFilter a mirror subscription asked for (the agent checked it already)."""
+    config = json.loads(msg.http_filter) if msg.http_filter else {}
+    if not any(key != "ports" for key in config):
+        return None
+    from mirrord.agent.http_filter import HttpFilter
+
+    http_filter = HttpFilter.from_config(config)
+    return http_filter if http_filter.applies_to(msg.port) else None
