@@ -66,9 +66,17 @@ def serve(conn):
     chunks, end = [], "eof"
     with conn:
         peer = conn.getpeername()[:2]
+        answered, seen = 0, b""
         try:
             while chunk := conn.recv(1 << 16):
                 chunks.append(chunk)
+                # answer each whole request, as an HTTP server would
+                seen = seen[-3:] + chunk
+                complete = seen.count(b"\r\n\r\n")
+                if complete:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * complete)
+                    answered += complete
+                seen = seen[seen.rfind(b"\r\n\r\n") + 4:] if complete else seen
         except OSError as exc:
             end = type(exc).__name__
     data = b"".join(chunks)

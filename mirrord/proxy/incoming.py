@@ -48,10 +48,11 @@ class MirrorToApp:
     """Mirrored bytes into the app: the target already answered the client, so the app's
     answers are read and dropped.
 
-    HTTP/1.x is sent request by request, each after the app answered the one before: an
-    app that closes after an answer (Flask's dev server, HTTP/1.0) gets the next request
-    on a new connection, and a mirror HTTP filter picks which requests go at all. Anything
-    else is copied as a plain stream.
+    HTTP/1.x goes request by request. The app's answer to the first request tells how it
+    treats connections: one that keeps them gets the following requests back to back on
+    one connection; one that closes after answering (Flask's dev server, HTTP/1.0) gets
+    each request on a new connection, so none is lost. A mirror HTTP filter picks which
+    requests go at all. Anything that is not HTTP is copied as a plain stream.
     """
 
     datagram = False
@@ -61,11 +62,14 @@ class MirrorToApp:
         first: anyio.abc.SocketStream,
         reconnect: Callable[[], Awaitable[anyio.abc.SocketStream | None]],
         http_filter: Any,
+        tg: anyio.abc.TaskGroup,
     ) -> None:
         self.stream: anyio.abc.SocketStream | None = first
         self.reconnect = reconnect
         self.http_filter = http_filter
+        self.tg = tg
         self.splitter: RequestSplitter | None = RequestSplitter()
+        self.keeps_connections: bool | None = None  # learnt from the first answer
         self.ended = anyio.Event()
 
     async def send(self, data: bytes) -> None:
@@ -83,7 +87,27 @@ class MirrorToApp:
             if self.http_filter is None or self.http_filter.matches(
                 head.method, head.path, head.headers
             ):
-                await self._exchange(request)
+                await self._deliver(request)
+
+    async def _deliver(self, request: WholeRequest) -> None:
+        if self.keeps_connections is None:
+            stream = await self._app()
+            await stream.send(request.raw)
+            with anyio.move_on_after(MIRROR_ANSWER_TIMEOUT):
+                self.keeps_connections = await _read_answer(stream, request.head)
+            if self.keeps_connections is None:
+                self.keeps_connections = True  # no answer yet: assume a kept connection
+            if self.keeps_connections:
+                self.tg.start_soon(_drain, stream)
+            else:
+                await self._drop_app()
+        elif self.keeps_connections:
+            await self._write(request.raw)
+        else:
+            stream = await self._app()
+            self.stream = None  # this one is for this request alone
+            await stream.send(request.raw)
+            self.tg.start_soon(_drain, stream)
 
     async def _app(self) -> anyio.abc.SocketStream:
         if self.stream is None:
@@ -96,26 +120,6 @@ class MirrorToApp:
         if data:
             await (await self._app()).send(data)
 
-    async def _exchange(self, request: WholeRequest) -> None:
-        for attempt in range(2):
-            stream = await self._app()
-            try:
-                await stream.send(request.raw)
-                with anyio.move_on_after(MIRROR_ANSWER_TIMEOUT):
-                    if not await _read_answer(stream, request.head):
-                        await self._drop_app()
-                return
-            except (
-                anyio.BrokenResourceError,
-                anyio.ClosedResourceError,
-                anyio.EndOfStream,
-                OSError,
-            ):
-                # the app closed this connection: the request goes again on a new one
-                await self._drop_app()
-                if attempt:
-                    raise anyio.BrokenResourceError from None
-
     async def _drop_app(self) -> None:
         if self.stream is not None:
             stream, self.stream = self.stream, None
@@ -126,13 +130,27 @@ class MirrorToApp:
         raise anyio.EndOfStream
 
     async def send_eof(self) -> None:
-        # the client is done: so is the app's copy
-        await self._drop_app()
+        # the client is done: so is the app's copy (the drain ends when the app closes)
+        if self.stream is not None:
+            try:
+                await self.stream.send_eof()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
         self.ended.set()
 
     async def close(self, reset: bool) -> None:
         await self._drop_app()
         self.ended.set()
+
+
+async def _drain(stream: anyio.abc.SocketStream) -> None:
+    """Read and drop the app's answers until it closes the connection."""
+    async with stream:
+        try:
+            async for _ in stream:
+                pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
 
 
 async def _read_answer(stream: anyio.abc.SocketStream, head: RequestHead) -> bool:
@@ -270,7 +288,10 @@ class IncomingRouter:
         if msg.mode == "mirror":
             sub = self.subscriptions[msg.port]
             pipe: Pipe = MirrorToApp(
-                stream, lambda: self._connect_app(msg, _Origin(_info(msg))), sub.http_filter
+                stream,
+                lambda: self._connect_app(msg, _Origin(_info(msg))),
+                sub.http_filter,
+                self.tg,
             )
         else:
             pipe = TcpPipe(stream)
