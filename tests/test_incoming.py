@@ -433,3 +433,20 @@ def test_mirror_with_an_http_filter(lab: Lab, tmp_path: Path, start_app) -> None
             )
     # only the matching requests reach the local app, in order
     assert [s["body"] for s in app.seen(3)] == ["m1", "m3", "m5"]
+
+
+def test_existing_connections_keep_working_and_listen_ports(
+    lab: Lab, tmp_path: Path, start_app
+) -> None:
+    url = f"http://{lab.staging_addr}:8080/"
+    before = requests.Session()
+    assert before.get(url, timeout=10).text == "staging-service"  # opened before the steal
+    # listen_ports: the app asks for 8080 but really listens on 9998 here
+    incoming = {"mode": "steal", "listen_ports": [[8080, 9998]]}
+    start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, incoming))
+    answer = requests.post(url, data="new", timeout=10).json()
+    assert answer["body"] == "new" and answer["port"] == 8080  # getsockname: what it asked for
+    assert requests.post("http://127.0.0.1:9998/", data="here", timeout=10).json()["body"] == "here"
+    # a connection that existed before the steal still reaches the staging service
+    assert before.get(url, timeout=10).text == "staging-service"
+    before.close()

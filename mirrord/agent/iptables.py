@@ -96,16 +96,10 @@ class Redirects:
         self._created = False
 
     def _rule(self, port: int) -> tuple[str, ...]:
-        return (
-            "-p",
-            "tcp",
-            "--dport",
-            str(port),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            str(self.to_port),
-        )
+        # --syn: a connection's first packet only. Where conntrack starts with our nat rules
+        # it picks up connections already open mid-stream: those must go on untouched.
+        redirect = ("-j", "REDIRECT", "--to-ports", str(self.to_port))
+        return ("-p", "tcp", "--dport", str(port), "--syn", *redirect)
 
     def add(self, port: int) -> None:
         if not self._created:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import time
 
 import anyio
@@ -15,6 +14,7 @@ from mirrord.agent.outgoing import OutgoingFeature
 from mirrord.agent.session import AgentState, ClientSession, Feature
 from mirrord.link import Link
 from mirrord.protocol import ProtocolError
+from mirrord.ready import stop_on_signal
 
 log = logging.getLogger("mirrord.agent")
 HANDSHAKE_TIMEOUT = 10.0
@@ -53,21 +53,12 @@ async def handle_client(state: AgentState, stream: anyio.abc.ByteStream) -> None
             await link.aclose()
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
-    """SIGTERM/SIGINT end the agent the orderly way (its rules are removed on the way out)."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("got signal %d: exiting", signum)
-            scope.cancel()
-            return
-
-
 async def serve(listener: anyio.abc.Listener[anyio.abc.ByteStream], state: AgentState) -> None:
     """Serve until no client has been connected for the idle timeout."""
     async with anyio.create_task_group() as tg:
         state.tg = tg
         tg.start_soon(listener.serve, lambda s: handle_client(state, s))
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        tg.start_soon(stop_on_signal, tg.cancel_scope, log)
         while True:
             await anyio.sleep(0.1)
             idle = time.monotonic() - state.last_change

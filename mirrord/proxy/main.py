@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
-from mirrord.ready import announce_ready
+from mirrord.ready import announce_ready, stop_on_signal
 
 log = logging.getLogger("mirrord.proxy")
 AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -66,6 +65,7 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> N
         agent = AgentClient(link, tg)
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
+        tg.start_soon(stop_on_signal, tg.cancel_scope, log)
         incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing)
         agent.on_incoming = incoming.on_incoming
         state = ProxyState(
@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", required=True, help="HOST:PORT or unix:PATH of the agent")
     parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
     parser.add_argument("--watch-pid", type=int, default=None)
-    parser.add_argument("--agent-pid", type=int, default=None, help="a local agent to stop on exit")
     parser.add_argument(
         "--no-fd-passing",
         action="store_true",
@@ -107,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     if not agent_token or not proxy_token:
         print("mirrord intproxy: session tokens are not set", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         anyio.run(run, args, agent_token, proxy_token)
     except (OSError, TimeoutError, ProtocolError, anyio.EndOfStream) as exc:
@@ -116,12 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # a local agent is shared by the target's sessions: it leaves on its own when idle
         Path(args.socket).unlink(missing_ok=True)
-        if args.agent_pid:
-            try:
-                os.kill(args.agent_pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     return 0
 
 
