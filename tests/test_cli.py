@@ -171,3 +171,23 @@ def test_sitecustomize_chain_keeps_the_apps_own(lab: Lab, tmp_path: Path) -> Non
         "-t", f"netns/{lab.staging_ns}", str(tmp_path / "app.py"), env={"PYTHONPATH": str(hook)}
     )
     assert last_json(proc) == {"own": True, "addr": lab.backend_addr}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bogus", "app.py"], "no such option: --bogus"),
+        (["-t"], "requires an argument"),
+        (["exec"], "Missing argument"),
+        (["-f", "/nonexistent/mirrord.json", "app.py"], "no such file"),
+    ],
+)
+def test_bad_command_lines_get_a_clear_error(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    (tmp_path / "app.py").write_text("print('must not run')")
+    args = [str(tmp_path / a) if a == "app.py" else a for a in args]
+    proc = mirrord(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "must not run" not in proc.stdout
+    assert expected in proc.stderr

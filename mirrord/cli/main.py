@@ -31,6 +31,8 @@ def run_python(module: str | None, script_and_args: tuple[str, ...], **options: 
 
     if module:
         argv = [sys.executable, "-m", module, *script_and_args]
+    elif script_and_args and script_and_args[0].startswith("-"):
+        raise click.UsageError(f"no such option: {script_and_args[0]}")
     elif script_and_args:
         script = script_and_args[0]
         if not Path(script).is_file():
