@@ -154,3 +154,39 @@ def test_killed_intproxy_gives_the_app_an_error(lab: Lab, tmp_path: Path, transp
     assert "error" in out
     # the orphaned agent notices its client is gone and exits
     assert wait_gone(session) == []
+
+
+def test_intproxy_refuses_strangers_and_keeps_serving(lab: Lab, tmp_path: Path) -> None:
+    code = """
+        import json, os, socket, struct, urllib.request
+        import msgpack
+        path = os.environ["MIRRORD_INTPROXY_SOCKET"]
+        def talk(payload):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(payload)
+            data = b""
+            try:
+                while chunk := s.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+            s.close()
+            if len(data) < 4:
+                return None
+            return msgpack.unpackb(data[4:4 + struct.unpack(">I", data[:4])[0]])
+        hello = msgpack.packb({"t": "hello", "version": 1, "token": "guess", "client": "x"})
+        out = {
+            "wrong_token": talk(struct.pack(">I", len(hello)) + hello),
+            "garbage": talk(b"\\x00\\x00\\x00\\x05hello"),
+            "http": talk(b"GET / HTTP/1.1\\r\\n\\r\\n"),
+        }
+        out["still_works"] = json.loads(urllib.request.urlopen("http://backend.staging.svc:8080/").read())["service"]
+        print(json.dumps(out))
+    """
+    seen = last_json(run_app(target(lab), code, tmp_path=tmp_path))
+    assert seen["wrong_token"]["t"] == "error" and seen["wrong_token"]["code"] == "auth"
+    assert seen["garbage"]["t"] == "error"
+    assert seen["http"]["t"] == "error"  # "GET " read as a length: far above the frame limit
+    assert seen["still_works"] == "backend"
