@@ -18,7 +18,7 @@ from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
 from mirrord.agent.target import LocalTarget, TargetError, read_environ
-from mirrord.ready import announce_ready
+from mirrord.ready import announce_ready, run_loop
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     socket_inode = os.stat(address[5:]).st_ino if address.startswith("unix:") else 0
     announce_ready(address=address)
     try:
-        anyio.run(_run, listen_sock, state)
+        run_loop(_run, listen_sock, state)
     except KeyboardInterrupt:
         pass
     finally:

@@ -18,7 +18,7 @@ from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
-from mirrord.ready import announce_ready, stop_on_signal
+from mirrord.ready import announce_ready, run_loop, stop_on_signal
 
 log = logging.getLogger("mirrord.proxy")
 AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print("mirrord intproxy: session tokens are not set", file=sys.stderr)
         return 2
     try:
-        anyio.run(run, args, agent_token, proxy_token)
+        run_loop(run, args, agent_token, proxy_token)
     except (OSError, TimeoutError, ProtocolError, anyio.EndOfStream) as exc:
         print(f"mirrord intproxy: cannot reach the agent at {args.agent}: {exc}", file=sys.stderr)
         return 1
