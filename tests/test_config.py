@@ -843,7 +843,8 @@ def test_environment_is_not_modified() -> None:
 
 
 def test_json_schema_agrees_with_the_loader(tmp_path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(MirrordConfig.model_json_schema())
     good = [
         FULL,
