@@ -5,3 +5,12 @@ light: only the standard library is imported here.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # lazy: the layer imports this package inside apps, where pydantic must not load
+    if name in ("Session", "MirrordError"):
+        from mirrord import session
+
+        return getattr(session, name)
+    raise AttributeError(name)
