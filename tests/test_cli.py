@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +192,20 @@ def test_bad_command_lines_get_a_clear_error(
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "must not run" not in proc.stdout
     assert expected in proc.stderr
+
+
+def test_agent_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    # a zombie still has a /proc entry but no namespaces left to enter
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/ns/net").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        (tmp_path / "app.py").write_text("print('must not run')")
+        proc = mirrord("-t", f"pid/{zombie.pid}", str(tmp_path / "app.py"))
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr and "must not run" not in proc.stdout
+        assert "the agent failed to start" in proc.stderr
+X
+    finally:
+        zombie.wait()

@@ -56,7 +56,12 @@ def session_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--override-env-vars-include",
             help="only these remote env vars (;-separated, * and ? globs)",
         ),
-        click.option("--log-level", default="info", help="log level of agent and intproxy"),
+        click.option(
+            "--log-level",
+            default="info",
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+            help="log level of agent and intproxy",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
