@@ -206,6 +206,6 @@ def test_agent_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> Non
         assert proc.returncode == 1
         assert "Traceback" not in proc.stderr and "must not run" not in proc.stdout
         assert "the agent failed to start" in proc.stderr
-X
+        assert f"/proc/{zombie.pid}/" in proc.stderr  # its log's last lines, quoted
     finally:
         zombie.wait()
