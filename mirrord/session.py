@@ -3,6 +3,9 @@
     with mirrord.Session("netns/staging") as staging:
         staging.env["DATABASE_URL"]                 # the target's environment (filtered)
         staging.run([sys.executable, "app.py"])     # a program under mirrord, like the CLI
+        with staging.mirror(8080) as live:          # live traffic of the target (notebooks)
+            for request in live:
+                print(request.method, request.path)
         with staging.activated():                   # this very process, for a while
             requests.get("http://backend.staging.svc:8080/")
 
@@ -11,13 +14,18 @@ The pytest plugin (`mirrord.pytest_plugin`) is a thin face over it.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +118,25 @@ class Session:
         finally:
             self.deactivate()
 
+    def mirror(
+        self,
+        port: int,
+        *,
+        http_filter: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Mirror:
+        """Copies of the HTTP requests that reach the target's `port`, from now on (the
+        target answers its clients as usual). Iterating ends after `timeout` seconds
+        without a request, or when the Mirror is closed.
+
+            with staging.mirror(8080, timeout=30) as requests:
+                for request in requests:
+                    print(request.method, request.path, request.headers.get("user-agent"))
+        """
+        self.start()
+        assert self._running is not None
+        return Mirror(self._running, port, http_filter, timeout)
+
     def close(self) -> None:
         """Undo everything: patches, the intproxy; the agent leaves once idle."""
         self.deactivate()
@@ -140,3 +167,119 @@ def _stop(pid: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+
+
+class Mirror:
+    """A mirror subscription (made at once) and the requests it has copied."""
+
+    def __init__(
+        self,
+        running: _Running,
+        port: int,
+        http_filter: Mapping[str, Any] | None,
+        timeout: float | None,
+    ) -> None:
+        from mirrord.layer.client import ProxyClient
+        from mirrord.protocol import RequestFailed, Subscribe
+
+        self.port = port
+        self.timeout = timeout
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._client = ProxyClient(running.proxy_socket, running.proxy_token)
+        reply = self._client.request(
+            Subscribe(
+                req=0,
+                port=port,
+                mode="mirror",
+                http_filter=json.dumps(dict(http_filter)) if http_filter else "",
+                local_host="127.0.0.1",
+                local_port=self._listener.getsockname()[1],
+                want_fd=False,
+            )
+        )
+        if isinstance(reply, RequestFailed):
+            self._listener.close()
+            raise MirrordError(f"cannot mirror port {port}: {reply.message}")
+        self._found: queue.Queue[MirroredRequest] = queue.Queue()
+        threading.Thread(
+            target=_accept_copies, args=(self._listener, self._found), daemon=True
+        ).start()
+
+    def __iter__(self) -> Iterator[MirroredRequest]:
+        while True:
+            try:
+                yield self._found.get(timeout=self.timeout)
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        from mirrord.protocol import Unsubscribe
+
+        self._listener.close()
+        try:
+            self._client.notify(Unsubscribe(port=self.port))
+        except OSError:
+            pass
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class MirroredRequest:
+    """One HTTP request a client sent to the target, as the target received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    raw: bytes  # exactly the bytes on the wire
+
+
+def _accept_copies(listener: socket.socket, found: queue.Queue[MirroredRequest]) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return  # the iteration ended
+        threading.Thread(target=_read_copies, args=(conn, found), daemon=True).start()
+
+
+def _read_copies(conn: socket.socket, found: queue.Queue[MirroredRequest]) -> None:
+    from mirrord.http_split import NotHttp, RequestSplitter
+
+    splitter = RequestSplitter()
+    with conn:
+        try:
+            while data := conn.recv(65536):
+                for whole in splitter.feed(data):
+                    found.put(_parsed(whole.raw))
+                    # an answer, as a server would give: the intproxy learns we keep connections
+                    conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        except (OSError, NotHttp):
+            return
+
+
+def _parsed(raw: bytes) -> MirroredRequest:
+    import h11
+
+    parser = h11.Connection(h11.SERVER)
+    parser.receive_data(raw)
+    method = path = ""
+    headers: dict[str, str] = {}
+    body = b""
+    while True:
+        event = parser.next_event()
+        if isinstance(event, h11.Request):
+            method, path = event.method.decode(), event.target.decode()
+            headers = {k.decode().lower(): v.decode(errors="replace") for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            body += bytes(event.data)
+        else:
+            break
+    return MirroredRequest(method, path, headers, body, raw)

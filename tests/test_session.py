@@ -74,3 +74,25 @@ def test_mirrord_package_stays_light_for_the_layer() -> None:
         [sys.executable, "-c", "import json; " + code], capture_output=True, text=True
     )
     assert json.loads(out.stdout) is False, out.stderr
+
+
+def test_session_mirror_shows_live_requests(lab: Lab) -> None:
+    url = f"http://{lab.staging_addr}:8080/orders"
+    with (
+        mirrord.Session(f"netns/{lab.staging_ns}") as staging,
+        staging.mirror(8080, timeout=10) as live,
+    ):
+        with requests.Session() as client:  # a user of staging, unaware of us
+            answers = [
+                client.post(url, data=f"order-{i}", headers={"x-n": str(i)}, timeout=10).text
+                for i in range(3)
+            ]
+        seen = []
+        for request in live:
+            seen.append(request)
+            if len(seen) == 3:
+                break
+    assert answers == ["staging-service"] * 3  # the target answered, as always
+    assert [(r.method, r.path, r.body, r.headers["x-n"]) for r in seen] == [
+        ("POST", "/orders", f"order-{i}".encode(), str(i)) for i in range(3)
+    ]
