@@ -450,3 +450,17 @@ def test_existing_connections_keep_working_and_listen_ports(
     # a connection that existed before the steal still reaches the staging service
     assert before.get(url, timeout=10).text == "staging-service"
     before.close()
+
+
+def test_ipv6_clients_are_stolen_too(lab: Lab, tmp_path: Path, start_app) -> None:
+    curl = ["curl", "-s", "--max-time", "5", "-6", "-d", "over-v6", "http://[::1]:8080/"]
+    assert lab.run_in(lab.staging_ns, curl).returncode != 0  # nothing listens there
+    app = start_app(SERVERS["http.server"], "-f", steal_config(tmp_path, "steal"))
+    reply = lab.run_in(lab.staging_ns, curl)
+    assert json.loads(reply.stdout)["body"] == "over-v6", reply
+    rules = lab.run_in(lab.staging_ns, ["ip6tables-save", "-t", "nat"]).stdout
+    assert "MIRRORD_" in rules
+    app.stop()
+    assert wait_for(
+        lambda: "MIRRORD_" not in lab.run_in(lab.staging_ns, ["ip6tables-save", "-t", "nat"]).stdout
+    )

@@ -31,7 +31,11 @@ class SubscribeError(OSError):
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where a REDIRECTed connection was going (IPv4)."""
+    """Where a REDIRECTed connection was going (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST)."""
+    if sock.family == socket.AF_INET6:
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        port, packed = struct.unpack_from("!2xH4x16s", raw)
+        return socket.inet_ntop(socket.AF_INET6, packed), port
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port
@@ -67,14 +71,30 @@ class StealService:
 
     def __init__(self, state: AgentState) -> None:
         self.state = state
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(1024)
-        self.redirects = Redirects(self.sock.getsockname()[1])
         self.subs: dict[int, list[_Stealer]] = {}
+        # one listener and one table per IP version; IPv6 only where the target has it
+        self.listeners: list[socket.socket] = []
+        self.redirects: list[Redirects] = []
+        for family, anywhere, tool in (
+            (socket.AF_INET, "0.0.0.0", "iptables"),
+            (socket.AF_INET6, "::", "ip6tables"),
+        ):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((anywhere, 0))
+                sock.listen(1024)
+            except OSError as exc:
+                sock.close()
+                log.info("no %s listener for stealing: %s", tool, exc)
+                continue
+            self.listeners.append(sock)
+            self.redirects.append(Redirects(sock.getsockname()[1], tool))
         assert state.tg is not None
-        state.tg.start_soon(self._accept_loop)
+        for sock in self.listeners:
+            state.tg.start_soon(self._accept_loop, sock)
 
     def subscribe(
         self, session: ClientSession, port: int, http_filter: Any, want_fd: bool = False
@@ -88,9 +108,14 @@ class StealService:
                 errno.EADDRINUSE, f"port {port} of the target is already stolen by another session"
             )
         try:
-            self.redirects.add(port)
+            self.redirects[0].add(port)  # IPv4 is a must
         except IptablesError as exc:
             raise SubscribeError(errno.EPERM, str(exc)) from None
+        for redirects in self.redirects[1:]:
+            try:
+                redirects.add(port)
+            except IptablesError as exc:
+                log.info("port %d: no IPv6 stealing: %s", port, exc)
         # a client on this host may take the stolen sockets themselves: nothing to relay
         taken.append(_Stealer(session, http_filter, want_fd and session.link.can_pass_fds))
         log.info("stealing port %d%s", port, " (filtered)" if http_filter else "")
@@ -101,7 +126,8 @@ class StealService:
             self.subs[port] = left
             return
         if self.subs.pop(port, None) is not None:
-            self.redirects.remove(port)
+            for redirects in self.redirects:
+                redirects.remove(port)
             log.info("released port %d", port)
 
     def drop_session(self, session: ClientSession) -> None:
@@ -110,16 +136,17 @@ class StealService:
 
     def close(self) -> None:
         self.subs.clear()
-        self.redirects.close()
+        for redirects in self.redirects:
+            redirects.close()
 
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         # raw accept(): a stream object would start reading, and bytes read here could
         # not travel with a socket handed over to the client
-        self.sock.setblocking(False)
+        listener.setblocking(False)
         while True:
-            await anyio.wait_readable(self.sock)
+            await anyio.wait_readable(listener)
             try:
-                conn, peer = self.sock.accept()
+                conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 continue
             assert self.state.tg is not None

@@ -33,18 +33,22 @@ class IptablesError(RuntimeError):
     pass
 
 
-def _iptables(*args: str, check: bool = True) -> str:
+#: IPv4 and IPv6 tables: the same chains and rules in each
+TOOLS = ("iptables", "ip6tables")
+
+
+def _iptables(*args: str, check: bool = True, tool: str = "iptables") -> str:
     try:
         proc = subprocess.run(
-            ["iptables", "-w", "5", "-t", "nat", *args],
+            [tool, "-w", "5", "-t", "nat", *args],
             capture_output=True,
             text=True,
             timeout=30,
         )
     except FileNotFoundError:
-        raise IptablesError("iptables is not installed where the target runs") from None
+        raise IptablesError(f"{tool} is not installed where the target runs") from None
     if check and proc.returncode != 0:
-        raise IptablesError(f"iptables {' '.join(args)}: {proc.stderr.strip()}")
+        raise IptablesError(f"{tool} {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -55,32 +59,38 @@ def _jumps(chain: str) -> list[tuple[str, ...]]:
     ]
 
 
-def _remove_chain(chain: str) -> None:
+def _remove_chain(chain: str, tool: str) -> None:
     for hook, *rule in _jumps(chain):
         # a crashed predecessor may have inserted a jump more than once
         for _ in range(10):
-            if not _has_jump(hook, chain):
+            if not _has_jump(hook, chain, tool):
                 break
-            _iptables("-D", hook, *rule, check=False)
-    _iptables("-F", chain, check=False)
-    _iptables("-X", chain, check=False)
+            _iptables("-D", hook, *rule, check=False, tool=tool)
+    _iptables("-F", chain, check=False, tool=tool)
+    _iptables("-X", chain, check=False, tool=tool)
 
 
-def _has_jump(hook: str, chain: str) -> bool:
-    return any(f"-j {chain}" in line for line in _iptables("-S", hook, check=False).splitlines())
+def _has_jump(hook: str, chain: str, tool: str) -> bool:
+    listing = _iptables("-S", hook, check=False, tool=tool)
+    return any(f"-j {chain}" in line for line in listing.splitlines())
 
 
 def remove_stale_chains() -> list[str]:
-    """Chains of agents that are gone (crashed, killed); returns their names."""
+    """Chains of agents that are gone (crashed, killed), in both tables; their names."""
     removed = []
-    for line in _iptables("-S", check=False).splitlines():
-        match = _CHAIN.match(line.strip())
-        if match is None:
-            continue
-        pid, started = int(match.group(2)), int(match.group(3))
-        if pid != os.getpid() and process_start(pid) != started:
-            _remove_chain(match.group(1))
-            removed.append(match.group(1))
+    for tool in TOOLS:
+        try:
+            listing = _iptables("-S", check=False, tool=tool)
+        except IptablesError:
+            continue  # no ip6tables: nothing of ours there either
+        for line in listing.splitlines():
+            match = _CHAIN.match(line.strip())
+            if match is None:
+                continue
+            pid, started = int(match.group(2)), int(match.group(3))
+            if pid != os.getpid() and process_start(pid) != started:
+                _remove_chain(match.group(1), tool)
+                removed.append(f"{tool}:{match.group(1)}")
     if removed:
         log.info("removed iptables chains left by dead agents: %s", ", ".join(removed))
     return removed
@@ -89,8 +99,9 @@ def remove_stale_chains() -> list[str]:
 class Redirects:
     """This agent's REDIRECT rules: target port -> the agent's stealing listener."""
 
-    def __init__(self, to_port: int) -> None:
+    def __init__(self, to_port: int, tool: str = "iptables") -> None:
         self.to_port = to_port
+        self.tool = tool
         self.chain = chain_name(os.getpid())
         self.ports: set[int] = set()
         self._created = False
@@ -103,18 +114,17 @@ class Redirects:
 
     def add(self, port: int) -> None:
         if not self._created:
-            remove_stale_chains()
-            _iptables("-N", self.chain)
-            for hook, *rule in _jumps(self.chain):
-                _iptables("-I", hook, "1", *rule)
+            _iptables("-N", self.chain, tool=self.tool)
             self._created = True
+            for hook, *rule in _jumps(self.chain):
+                _iptables("-I", hook, "1", *rule, tool=self.tool)
         if port not in self.ports:
-            _iptables("-A", self.chain, *self._rule(port))
+            _iptables("-A", self.chain, *self._rule(port), tool=self.tool)
             self.ports.add(port)
 
     def remove(self, port: int) -> None:
         if port in self.ports:
-            _iptables("-D", self.chain, *self._rule(port), check=False)
+            _iptables("-D", self.chain, *self._rule(port), check=False, tool=self.tool)
             self.ports.discard(port)
         if not self.ports:
             self.close()
@@ -122,6 +132,6 @@ class Redirects:
     def close(self) -> None:
         """Remove every rule and the chain (idempotent)."""
         if self._created:
-            _remove_chain(self.chain)
+            _remove_chain(self.chain, self.tool)
             self._created = False
             self.ports.clear()

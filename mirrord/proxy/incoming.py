@@ -299,25 +299,39 @@ class IncomingRouter:
 
     async def _deliver_fd(self, msg: IncomingFd, fd: int) -> None:
         """The app's accept() claims the socket itself; if it never asks, relay bytes."""
-        origin = _Origin(_info(msg), fd)
+        probe = socket.socket(fileno=fd)
+        family = probe.family
+        probe.detach()
+        sub = self.subscriptions.get(msg.port)
+        if sub is None:
+            os.close(fd)
+            return
+        app_family = socket.AF_INET6 if ":" in sub.app_host else socket.AF_INET
+        # an accepted socket can only take the place of one of its own family (IPv6
+        # clients of an IPv4 listener are relayed); an offered fd belongs to the origin
+        origin = _Origin(_info(msg), fd if family == app_family else None)
+        owned: int | None = None if origin.fd is not None else fd
         try:
             stream = await self._connect_app(msg, origin)
             if stream is None:
                 return
             async with stream:
-                with anyio.move_on_after(CLAIM_TIMEOUT):
-                    await origin.claimed.wait()
-                if origin.claimed.is_set():
-                    return  # the app holds the stolen socket now; our connection was a stand-in
-                unclaimed, origin.fd = origin.fd, None
-                assert unclaimed is not None
-                stolen = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=unclaimed))
+                if owned is None:
+                    with anyio.move_on_after(CLAIM_TIMEOUT):
+                        await origin.claimed.wait()  # (the app may have claimed it already)
+                    if origin.claimed.is_set():
+                        return  # the app holds the stolen socket; ours was a stand-in
+                    owned, origin.fd = origin.fd, None
+                assert owned is not None
+                relay_sock, owned = socket.socket(fileno=owned), None
+                stolen = await anyio.abc.SocketStream.from_socket(relay_sock)
                 async with stolen:
                     await splice(stream, stolen)
         finally:
-            if origin.fd is not None:
-                os.close(origin.fd)
-                origin.fd = None
+            for leftover in (owned, origin.fd):
+                if leftover is not None:
+                    os.close(leftover)
+            origin.fd = None
 
 
 def _info(msg: IncomingConnection | IncomingFd) -> ConnInfoReply:
