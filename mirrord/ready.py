@@ -9,12 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
+T = TypeVar("T")
 
-def run_loop(main: Callable[..., Awaitable[Any]], *args: Any) -> None:
+
+def run_loop(main: Callable[..., Awaitable[T]], *args: Any) -> T:
     """anyio.run on uvloop where it is installed (about a quarter less latency per relayed
     message, measured with bench/http_latency.py in relay mode); MIRRORD_NO_UVLOOP=1 or a
     missing uvloop means plain asyncio."""
@@ -24,7 +26,7 @@ def run_loop(main: Callable[..., Awaitable[Any]], *args: Any) -> None:
         use_uvloop = False
     else:
         use_uvloop = not os.environ.get("MIRRORD_NO_UVLOOP")
-    anyio.run(main, *args, backend_options={"use_uvloop": use_uvloop})
+    return anyio.run(main, *args, backend_options={"use_uvloop": use_uvloop})
 
 
 def announce_ready(**info: Any) -> None:

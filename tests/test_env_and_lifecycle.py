@@ -88,6 +88,7 @@ def test_nothing_left_running_after_exit(lab: Lab, tmp_path: Path) -> None:
     """
     session = last_json(run_app(target(lab), code, tmp_path=tmp_path))["session"]
     assert wait_gone(session) == []
+    assert not Path(session).exists()  # the session's folder went with it
     # the target's agent leaves once its last session has been gone for its idle timeout
     deadline = time.monotonic() + 15
     while agent_pids(target(lab)) and time.monotonic() < deadline:

@@ -17,6 +17,7 @@ import secrets
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,20 @@ def _answers(path: Path) -> bool:
         probe.close()
 
 
+#: Agent logs older than this are removed when an agent starts (they live in /run).
+LOG_KEEP_SECONDS = 24 * 3600
+
+
+def _prune_old_logs(directory: Path) -> None:
+    cutoff = time.time() - LOG_KEEP_SECONDS
+    for log in directory.glob("*.log"):
+        try:
+            if log.stat().st_mtime < cutoff:
+                log.unlink()
+        except OSError:
+            pass
+
+
 def _identity(target: str) -> str:
     """What tells this target from an earlier one of the same name (a namespace deleted
     and made again, a reused pid): an agent of the old one must not be joined."""
@@ -88,6 +103,7 @@ def agent_for(target: str, *, log_level: str, env: dict[str, str]) -> AgentHandl
     key = re.sub(r"[^A-Za-z0-9_.-]", "_", target) + _identity(target)
     sock, token_file, log = (directory / f"{key}{ext}" for ext in (".sock", ".sock.token", ".log"))
     with _locked(directory):
+        _prune_old_logs(directory)
         if sock.exists() and token_file.exists() and _answers(sock):
             return AgentHandle(f"unix:{sock}", token_file.read_text().strip(), log, started=False)
         sock.unlink(missing_ok=True)

@@ -106,6 +106,8 @@ def start_session(
                     str(workdir / "proxy.sock"),
                     "--watch-pid",
                     str(watch_pid or os.getpid()),
+                    "--workdir",
+                    str(workdir),
                     "--log-level",
                     log_level,
                     *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),

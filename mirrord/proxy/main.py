@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,10 +56,12 @@ async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
             return
 
 
-async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> None:
+async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
+    """Serve until the app is gone; True if the agent link stayed up all along."""
     with anyio.fail_after(30):
         stream = await connect_agent(args.agent)
     link = Link(stream, accept_fds=True)
+    healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
     async with anyio.create_task_group() as tg:
@@ -80,8 +83,10 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> N
         announce_ready(socket=args.socket)
         await watch_lifetime(state, args.watch_pid)
         log.info("the app is gone: exiting")
+        healthy = agent.gone is None  # before our own cancellation ends the link
         tg.cancel_scope.cancel()
     await link.aclose()
+    return healthy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", required=True, help="HOST:PORT or unix:PATH of the agent")
     parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
     parser.add_argument("--watch-pid", type=int, default=None)
+    parser.add_argument("--workdir", help="the session's folder, removed after a clean exit")
     parser.add_argument(
         "--no-fd-passing",
         action="store_true",
@@ -106,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if not agent_token or not proxy_token:
         print("mirrord intproxy: session tokens are not set", file=sys.stderr)
         return 2
+    healthy = False
     try:
-        run_loop(run, args, agent_token, proxy_token)
+        healthy = run_loop(run, args, agent_token, proxy_token)
     except (OSError, TimeoutError, ProtocolError, anyio.EndOfStream) as exc:
         print(f"mirrord intproxy: cannot reach the agent at {args.agent}: {exc}", file=sys.stderr)
         return 1
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # a local agent is shared by the target's sessions: it leaves on its own when idle
         Path(args.socket).unlink(missing_ok=True)
+    if healthy and args.workdir:
+        # a session that went well leaves nothing; otherwise its log stays for a look
+        shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
 
 
