@@ -6,6 +6,7 @@ import errno
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class AgentClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
+        self.gone_at = 0.0  # time.monotonic() when the link ended
         #: called for each IncomingConnection/IncomingFd (with its socket), in order,
         #: before the connection's first Data frame
         self.on_incoming: Callable[[IncomingConnection | IncomingFd, int | None], None] | None = (
@@ -121,7 +123,7 @@ class AgentClient:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         finally:
-            self.gone = reason
+            self.gone, self.gone_at = reason, time.monotonic()
             log.warning("agent link ended: %s", reason)
             for req, pending in list(self._pending.items()):
                 pending.reply = self._failure(req)

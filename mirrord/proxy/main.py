@@ -83,7 +83,8 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         announce_ready(socket=args.socket)
         await watch_lifetime(state, args.watch_pid)
         log.info("the app is gone: exiting")
-        healthy = agent.gone is None  # before our own cancellation ends the link
+        # the app saw no trouble if the agent link outlived its last layer
+        healthy = agent.gone is None or agent.gone_at >= state.last_change
         tg.cancel_scope.cancel()
     await link.aclose()
     return healthy
