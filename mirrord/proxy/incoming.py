@@ -106,8 +106,11 @@ class MirrorToApp:
         else:
             stream = await self._app()
             self.stream = None  # this one is for this request alone
-            await stream.send(request.raw)
-            self.tg.start_soon(_drain, stream)
+            async with stream:
+                await stream.send(request.raw)
+                # wait for the answer: the app then sees the client's requests in its order
+                with anyio.move_on_after(MIRROR_ANSWER_TIMEOUT):
+                    await _read_answer(stream, request.head)
 
     async def _app(self) -> anyio.abc.SocketStream:
         if self.stream is None:
