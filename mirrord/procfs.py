@@ -13,4 +13,4 @@ def process_start(pid: int) -> int | None:
         return None
     # the command name may hold spaces and parentheses: fields start after the last ')'
     fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else int(fields[19])
+    return None if fields[0] in ("Z", "X") else int(fields[19])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrord.agent import namespaces
+from mirrord.procfs import process_start
 
 
 class TargetError(ValueError):
@@ -55,12 +56,6 @@ class LocalTarget:
             namespaces.enter_named_netns(self.netns, self.process())
 
 
-def _start_time(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # the command name may hold spaces and parentheses: fields start after the last ')'
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def oldest_process_in(netns_path: str) -> int | None:
     """The longest-running process of a network namespace (its main service)."""
     best: tuple[int, int] | None = None
@@ -69,12 +64,11 @@ def oldest_process_in(netns_path: str) -> int | None:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
-        try:
-            if not namespaces.same_namespace(entry / "ns/net", netns_path):
-                continue
-            started = _start_time(pid)
-        except (OSError, IndexError, ValueError):
+        if not namespaces.same_namespace(entry / "ns/net", netns_path):
             continue
+        started = process_start(pid)
+        if started is None:
+            continue  # gone meanwhile, or a zombie
         if best is None or (started, pid) < best:
             best = (started, pid)
     return best[1] if best else None

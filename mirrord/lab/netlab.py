@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from mirrord.lab import remote_files
 from mirrord.lab.tls import write_certs
+from mirrord.procfs import process_start
 
 T = TypeVar("T")
 
@@ -120,17 +121,6 @@ def _link_exists(name: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def _proc_start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):  # zombie: as good as dead
-        return None
-    return int(fields[19])  # field 22 (starttime), counting from after "(comm)"
 
 
 def netns_pids(ns: str) -> list[int]:
@@ -317,7 +307,7 @@ def _read_state(slot: int) -> dict[str, Any] | None:
 
 def _owner_alive(state: dict[str, Any]) -> bool:
     pid = state.get("pid")
-    return isinstance(pid, int) and _proc_start_time(pid) == state.get("start")
+    return isinstance(pid, int) and process_start(pid) == state.get("start")
 
 
 def _slot_in_use(slot: int, netns: set[str]) -> bool:
@@ -763,7 +753,7 @@ class Lab:
         deadline = time.monotonic() + KILL_GRACE
         while time.monotonic() < deadline:
             procs = [p for p in procs if p.poll() is None]
-            strays = {pid for pid in strays if _proc_start_time(pid) is not None}
+            strays = {pid for pid in strays if process_start(pid) is not None}
             if not procs and not strays:
                 return
             time.sleep(0.01)
@@ -813,7 +803,7 @@ def create_lab() -> Lab:
                 raise LabError(f"no free lab slot (all {MAX_SLOT + 1} in use)")
             lab = Lab._for_slot(slot, tmpdir)
             # Owner record before anything exists, so a half-built lab is never "unowned".
-            owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid())}
+            owner = {"pid": os.getpid(), "start": process_start(os.getpid())}
             _state_path(slot).write_text(json.dumps({**owner, "tmpdir": str(tmpdir)}))
             lab._owns_state = True
             atexit.register(lab._close_at_exit)
