@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 
 from mirrord.agent.iptables import MARK, IptablesError, Redirects
+from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession, Feature
 from mirrord.mux import Pipe, TcpPipe, splice
 from mirrord.protocol import IncomingConnection, IncomingFd, Subscribe, Subscribed, Unsubscribe
@@ -43,20 +44,8 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 async def connect_unredirected(host: str, port: int) -> anyio.abc.SocketStream:
     """A connection to the original service that our own OUTPUT rule lets through."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
-        sock.setblocking(False)
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, f"connect to {host}:{port}")
-        return await anyio.abc.SocketStream.from_socket(sock)
-    except BaseException:
-        sock.close()
-        raise
+    sock = await connect_socket("tcp", host, port, mark=MARK)
+    return await anyio.abc.SocketStream.from_socket(sock)
 
 
 @dataclass(eq=False)

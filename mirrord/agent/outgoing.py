@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import os
 import socket
 
 import anyio
 import anyio.abc
 
 from mirrord.agent.session import Feature
+from mirrord.aioconnect import connect
 from mirrord.mux import ConnectedUdpPipe, Pipe, TcpPipe
 from mirrord.protocol import Connect, Connected, ConnectedFd, Env, GetEnv, Resolve, Resolved
 from mirrord.protocol.messages import AddrInfo
@@ -17,26 +17,21 @@ from mirrord.protocol.messages import AddrInfo
 CONNECT_TIMEOUT = 30.0
 
 
-async def connect_socket(proto: str, host: str, port: int) -> socket.socket:
-    """A socket connected from here (the target's namespace). Raises OSError."""
+async def connect_socket(
+    proto: str, host: str, port: int, mark: int | None = None
+) -> socket.socket:
+    """A socket connected from here (the target's namespace). Raises OSError.
+
+    `mark`: an fwmark, for connections the agent's own iptables rules must let through."""
     if proto not in ("tcp", "udp"):
         raise OSError(errno.EPROTONOSUPPORT, f"unsupported protocol {proto!r}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)
     try:
-        sock.setblocking(False)
-        # connect by hand: anyio.connect_tcp folds the errno into a generic message
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            with anyio.fail_after(CONNECT_TIMEOUT):
-                await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, f"connect to {host}:{port}: {os.strerror(err)}")
-    except TimeoutError:
-        sock.close()
-        raise OSError(errno.ETIMEDOUT, f"connect to {host}:{port} timed out") from None
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        await connect(sock, (host, port), CONNECT_TIMEOUT)
     except BaseException:
         sock.close()
         raise

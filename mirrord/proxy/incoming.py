@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import anyio.abc
 import h11
 
 from mirrord.agent.http_steal import RequestHead
+from mirrord.aioconnect import connect
 from mirrord.http_split import NotHttp, RequestSplitter, WholeRequest
 from mirrord.mux import Pipe, TcpPipe, splice
 from mirrord.protocol import (
@@ -270,13 +270,7 @@ class IncomingRouter:
                 if stale.fd is not None:
                     os.close(stale.fd)
                     stale.fd = None
-            sock.setblocking(False)
-            err = sock.connect_ex((sub.app_host, sub.app_port))
-            if err == errno.EINPROGRESS:
-                await anyio.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
+            await connect(sock, (sub.app_host, sub.app_port))
             return await anyio.abc.SocketStream.from_socket(sock)
         except OSError as exc:
             sock.close()
