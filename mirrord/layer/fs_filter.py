@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrord.rust_regex import compile_rust_regex, translate
+
 LOCAL = "local"
 REMOTE = "remote"
 NOT_FOUND = "not_found"
@@ -95,33 +97,12 @@ READ_REMOTE_BY_DEFAULT: tuple[str, ...] = (
 NOT_FOUND_BY_DEFAULT: tuple[str, ...] = (r"\.config/gcloud", r"\.kube", r"\.azure")
 
 
-# ----------------------------------------------------------------- Rust regex -> Python re
-
-_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z_])")
-_END_OF_TEXT = re.compile(r"(?<!\\)((?:\\\\)*)\\z")
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "digit": "0-9",
-    "lower": "a-z",
-    "upper": "A-Z",
-    "space": "\\t\\n\\v\\f\\r ",
-    "word": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
-}
-_POSIX = re.compile(r"\[:(" + "|".join(_POSIX_CLASSES) + r"):\]")
-
-
-def translate(pattern: str) -> str:
-    """A Rust `regex` pattern in Python's syntax (the differences configs actually use)."""
-    pattern = _POSIX.sub(lambda m: _POSIX_CLASSES[m.group(1)], pattern)
-    pattern = _NAMED_GROUP.sub("(?P<", pattern)
-    return _END_OF_TEXT.sub(r"\1\\Z", pattern)
+# ------------------------------------------- Rust regex syntax: mirrord/rust_regex.py
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """Case-insensitive, as mirrord builds every fs regex; `re.error` if invalid."""
-    return re.compile(translate(pattern), re.IGNORECASE)
+    return compile_rust_regex(pattern, re.IGNORECASE)
 
 
 _REPLACEMENT = re.compile(r"\$(\$|\{([^}]*)\}|([A-Za-z0-9_]+))")
