@@ -7,15 +7,28 @@ consumer of a fd-carrying message takes the next one.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from mirrord.protocol import ClientHandshake, Codec, Error, Message, ProtocolError, ServerHandshake
+from mirrord.protocol import (
+    ClientHandshake,
+    Codec,
+    Error,
+    Message,
+    ProtocolError,
+    RequestFailed,
+    ServerHandshake,
+)
 from mirrord.protocol.codec import encode
 
+log = logging.getLogger("mirrord")
 READ_SIZE = 256 * 1024
 #: Descriptors one read may bring; more would be silently closed by the kernel.
 MAX_FDS_PER_READ = 64
@@ -63,6 +76,25 @@ class Link:
         if not self._fds:
             raise ProtocolError("a message announced a descriptor that did not arrive")
         return self._fds.popleft()
+
+    async def guarded(self, handler: Callable[[Any], Awaitable[None]], msg: Any, side: str) -> None:
+        """Run one request's handler; if it fails, the peer gets a RequestFailed and the
+        link's other requests go on."""
+        try:
+            await handler(msg)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the peer is gone
+        except Exception as exc:
+            log.exception("request %s failed", msg.TAG)
+            await self.reply_failure(msg.req, errno.EIO, f"{side}: {exc}")
+
+    async def reply_failure(self, req: int, code: int, text: str, kind: str = "os") -> None:
+        """Best effort, bounded: the peer may be gone or stuck."""
+        with anyio.move_on_after(1):
+            try:
+                await self.send(RequestFailed(req=req, kind=kind, errno=code, message=text))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
 
     async def fail(self, exc: ProtocolError) -> None:
         """Tell the peer why it is being dropped, best effort."""

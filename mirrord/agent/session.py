@@ -7,7 +7,6 @@ error, it does not end the session), and closes every feature when the client go
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import anyio.abc
 
 from mirrord.link import Link
 from mirrord.mux import Mux
-from mirrord.protocol import Message, Ping, Pong, ProtocolError, RequestFailed
+from mirrord.protocol import Message, Ping, Pong, ProtocolError
 
 log = logging.getLogger("mirrord.agent")
 
@@ -95,29 +94,14 @@ class ClientSession:
                 continue
             feature = self._routes.get(type(msg))
             if feature is not None:
-                self.tg.start_soon(self._guarded, feature, msg)
+                self.tg.start_soon(self.link.guarded, feature.handle, msg, "agent")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
             else:
                 raise ProtocolError(f"unexpected {msg.TAG} from a client", "unexpected")
 
-    async def _guarded(self, feature: Feature, msg: Any) -> None:
-        try:
-            await feature.handle(msg)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the client is gone
-        except Exception as exc:
-            log.exception("request %s failed", msg.TAG)
-            await self.reply_failure(msg, errno.EIO, f"agent: {exc}")
-
     async def reply_failure(self, msg: Any, code: int, text: str, kind: str = "os") -> None:
-        with anyio.move_on_after(1):
-            try:
-                await self.link.send(
-                    RequestFailed(req=msg.req, kind=kind, errno=code, message=text)
-                )
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass
+        await self.link.reply_failure(msg.req, code, text, kind)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -24,7 +23,6 @@ from mirrord.protocol import (
     Ping,
     Pong,
     ProtocolError,
-    RequestFailed,
     Subscribe,
     Unsubscribe,
 )
@@ -69,33 +67,16 @@ class LayerSession:
             msg = await self.link.receive()
             handler = self.handlers.get(type(msg))
             if handler is not None:
-                self.tg.start_soon(self._guarded, handler, msg)
+                self.tg.start_soon(self.link.guarded, handler, msg, "intproxy")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
             elif isinstance(msg, Unsubscribe):
                 await self.state.incoming.unsubscribe(msg.port)
             elif hasattr(msg, "req"):
                 # a plain request (name lookup, env, files...): the agent answers it
-                self.tg.start_soon(self._guarded, self.forward, msg)
+                self.tg.start_soon(self.link.guarded, self.forward, msg, "intproxy")
             else:
                 raise ProtocolError(f"unexpected {msg.TAG} from a layer", "unexpected")
-
-    async def _guarded(self, handler: Callable[[Any], Awaitable[None]], msg: Any) -> None:
-        """One request's failure must not take the other requests of the session down."""
-        try:
-            await handler(msg)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the layer is gone
-        except Exception as exc:
-            log.exception("request %s failed", msg.TAG)
-            failure = RequestFailed(
-                req=msg.req, kind="os", errno=errno.EIO, message=f"intproxy: {exc}"
-            )
-            with anyio.move_on_after(1):
-                try:
-                    await self.link.send(failure)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    pass
 
     async def subscribe(self, msg: Subscribe) -> None:
         await self.link.send(await self.state.incoming.subscribe(self, msg))
