@@ -31,8 +31,7 @@ from typing import Any
 
 from mirrord.cli.errors import CliError
 from mirrord.cli.run import app_environment, read_file_vars
-from mirrord.cli.session import Session as _Running
-from mirrord.cli.session import start_session
+from mirrord.cli.session import RunningSession, start_session
 from mirrord.config import ConfigError, MirrordConfig, load_config
 
 
@@ -60,7 +59,7 @@ class Session:
         except ConfigError as exc:
             raise MirrordError(str(exc)) from None
         self.log_level = log_level
-        self._running: _Running | None = None
+        self._running: RunningSession | None = None
         self._env: dict[str, str] | None = None
         self._layer: Any = None
 
@@ -174,7 +173,7 @@ class Mirror:
 
     def __init__(
         self,
-        running: _Running,
+        running: RunningSession,
         port: int,
         http_filter: Mapping[str, Any] | None,
         timeout: float | None,

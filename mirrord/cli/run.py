@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mirrord.cli.errors import CliError
-from mirrord.cli.session import Session, python_path_with_hook, start_session
+from mirrord.cli.session import RunningSession, python_path_with_hook, start_session
 from mirrord.config import ConfigError, MirrordConfig, load_config
 from mirrord.config.env_file import EnvFileError, read_env_file
 from mirrord.config.env_select import select_env, without_unset
@@ -66,7 +66,7 @@ def read_file_vars(cfg: MirrordConfig) -> dict[str, str]:
 
 def app_environment(
     cfg: MirrordConfig,
-    session: Session,
+    session: RunningSession,
     local: Mapping[str, str],
     file_vars: Mapping[str, str],
 ) -> dict[str, str]:

@@ -23,7 +23,7 @@ START_TIMEOUT = 30.0
 
 
 @dataclass
-class Session:
+class RunningSession:
     """A running agent + intproxy, and what the app needs to use them."""
 
     target: str
@@ -83,7 +83,7 @@ def start_session(
     *,
     watch_pid: int | None = None,
     log_level: str = "info",
-) -> Session:
+) -> RunningSession:
     """Start (or join) the target's agent and start an intproxy; the intproxy ends when
     `watch_pid` (default: us, who become the app) ends."""
     check_target(target)
@@ -124,7 +124,7 @@ def start_session(
         except CliError as exc:
             if agent.started or attempt:
                 raise CliError(f"{exc}\nagent log: {agent.log}") from None
-    return Session(
+    return RunningSession(
         target=target,
         workdir=workdir,
         proxy_socket=str(workdir / "proxy.sock"),
