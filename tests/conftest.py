@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -15,11 +16,15 @@ def lab() -> Iterator[Lab]:
     """A fresh fake staging cluster (network namespaces); needs root."""
     if os.geteuid() != 0:
         pytest.skip("needs root (not root)")
-    lab = create_lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
+    # lab tests bind well-known ports on this host (the apps under test): one at a time,
+    # machine-wide, so that two test runs on one machine do not take each other's ports
+    with open("/run/mirrord-lab-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lab = create_lab()
+        try:
+            yield lab
+        finally:
+            lab.close()
 
 
 @pytest.fixture(params=["fd-passing", "relay"])

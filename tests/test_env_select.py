@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mirrord.config import DEFAULT_EXCLUDES, EnvSettings, MirrordConfig, select_env
 from mirrord.config.env_select import apply_mapping, matches_any, without_unset
-from mirrord.rust_regex import compile_rust_regex
+from mirrord.settings.rust_regex import compile_rust_regex
 
 REMOTE = {
     "DATABASE_URL": "postgres://db:5432/app",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrord.layer.fs_filter import (
+from mirrord.settings.fs_filter import (
     LOCAL,
     NOT_FOUND,
     READ_LOCAL_BY_DEFAULT,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrord.agent.http_filter import HttpFilter
+from mirrord.http.filter import HttpFilter
 
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 header_names = st.text(TOKEN_CHARS, min_size=1, max_size=20)

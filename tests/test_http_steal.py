@@ -28,8 +28,9 @@ import anyio.from_thread
 import pytest
 import requests
 
-from mirrord.agent.http_filter import HttpFilter
-from mirrord.agent.http_steal import RequestHead, serve_stolen_http
+from mirrord.agent.http_steal import serve_stolen_http
+from mirrord.http.filter import HttpFilter
+from mirrord.http.head import RequestHead
 
 pytestmark = pytest.mark.timeout(30)
 

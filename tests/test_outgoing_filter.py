@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from mirrord.layer.outgoing_filter import FilterError, OutgoingFilter, parse_entry
+from mirrord.settings.outgoing_filter import FilterError, OutgoingFilter, parse_entry
 
 # ------------------------------------------------------------------------------ parsing
 
@@ -188,7 +188,7 @@ def test_dns_queries() -> None:
 
 def test_module_imports_only_the_standard_library() -> None:
     code = (
-        "import sys; import mirrord.layer.outgoing_filter; "
+        "import sys; import mirrord.settings.outgoing_filter; "
         "bad = [m for m in ('pydantic', 'yaml', 'mirrord.config') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

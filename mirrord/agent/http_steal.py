@@ -24,11 +24,12 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import h11
+
+from mirrord.http.head import RequestHead, buffered_bytes, raw_headers
 
 if TYPE_CHECKING:
     from h11._util import Sentinel  # the type of h11.NEED_DATA, h11.CLIENT, ...
@@ -53,42 +54,6 @@ _REQUEST_LINE = re.compile(_TOKEN + rb"+ [^\x00-\x20\x7f]+ HTTP/1\.[0-9]\r?\n")
 _REQUEST_LINE_PREFIX = re.compile(
     _TOKEN + rb"*(?: [^\x00-\x20\x7f]*(?: (?:H(?:T(?:T(?:P(?:/(?:1(?:\.[0-9]?)?)?)?)?)?)?)?)?)?"
 )
-
-
-@dataclass(frozen=True)
-class RequestHead:
-    """What ``choose`` sees of a request: its head, decoded (latin-1, lossless)."""
-
-    method: str
-    target: str
-    http_version: str
-    headers: list[tuple[str, str]]
-
-    @property
-    def path(self) -> str:
-        """The target as ``/path?query`` (an absolute-form target reduced to that)."""
-        if self.target.startswith("/") or "://" not in self.target:
-            return self.target
-        parts = urlsplit(self.target)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-    def header(self, name: str) -> str | None:
-        """The first value of header `name` (case-insensitive), or None."""
-        name = name.lower()
-        return next((v for n, v in self.headers if n.lower() == name), None)
-
-    @classmethod
-    def _from_h11(cls, event: h11.Request) -> RequestHead:
-        return cls(
-            method=event.method.decode("latin-1"),
-            target=event.target.decode("latin-1"),
-            http_version=event.http_version.decode("latin-1"),
-            headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in _raw(event)],
-        )
-
-
-def _raw(event: h11.Request | h11.Response) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in event.headers.raw_items()]
 
 
 def _sniff(buffer: bytes | bytearray) -> bool | None:
@@ -154,7 +119,7 @@ class _Peer:
     def poll(self) -> tuple[h11.Event | type[Sentinel], bytes]:
         """One h11 event (or NEED_DATA/PAUSED) and the raw bytes h11 consumed for it."""
         event = self.conn.next_event()  # on error, `unconsumed` still holds every unsent byte
-        consumed = len(self.unconsumed) - _buffered(self.conn)
+        consumed = len(self.unconsumed) - buffered_bytes(self.conn)
         raw = bytes(self.unconsumed[:consumed])
         del self.unconsumed[:consumed]
         return event, raw
@@ -193,18 +158,6 @@ class _Peer:
             raise _PeerFailed(self, exc) from exc
 
 
-def _buffered(conn: h11.Connection) -> int:
-    """How many received bytes h11 holds unprocessed.
-
-    `trailing_data` copies them; with many small chunks in one read that copy per event turns
-    quadratic, so use the buffer's length when this h11 has it where we expect.
-    """
-    buffer = getattr(conn, "_receive_buffer", None)
-    if buffer is not None and hasattr(buffer, "__len__"):
-        return len(buffer)
-    return len(conn.trailing_data[0])
-
-
 def _looks_closed(stream: anyio.abc.ByteStream) -> bool:
     """Whether an idle kept-alive upstream was closed (or sent something unsolicited)."""
     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
@@ -231,7 +184,9 @@ def _mirror_request(event: h11.Request) -> h11.Request:
     1.1 with `Connection: close` (h11 only "sends" 1.1, and does no 1.0 keep-alive).
     """
     headers = [
-        (n, v) for n, v in _raw(event) if n.lower() not in (b"content-length", b"transfer-encoding")
+        (n, v)
+        for n, v in raw_headers(event)
+        if n.lower() not in (b"content-length", b"transfer-encoding")
     ]
     if event.http_version != b"1.1":
         if not any(n.lower() == b"host" for n, _ in headers):
@@ -352,7 +307,7 @@ class _Handler:
 
     async def _serve(self, event: h11.Request, raw_head: bytes) -> bool:
         """Forward one request and its response; whether to read another from the client."""
-        head = RequestHead._from_h11(event)
+        head = RequestHead.from_h11(event)
         try:
             target = await self._target_for(head)
         except OSError as exc:

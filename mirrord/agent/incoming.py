@@ -20,8 +20,8 @@ import anyio.abc
 from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession, Feature
-from mirrord.mux import Pipe, TcpPipe, splice
 from mirrord.protocol import IncomingConnection, IncomingFd, Subscribe, Subscribed, Unsubscribe
+from mirrord.wire.mux import Pipe, TcpPipe, splice
 
 log = logging.getLogger("mirrord.agent")
 SO_ORIGINAL_DST = 80
@@ -402,6 +402,6 @@ def _parse_filter(text: str) -> Any:
     config = json.loads(text) if text else {}
     if not any(key != "ports" for key in config):
         return None
-    from mirrord.agent.http_filter import HttpFilter
+    from mirrord.http.filter import HttpFilter
 
     return HttpFilter.from_config(config)

@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 
-from mirrord.procfs import process_start
+from mirrord.system.procfs import process_start
 
 log = logging.getLogger("mirrord.agent")
 

@@ -17,8 +17,8 @@ import anyio.abc
 from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
-from mirrord.agent.target import LocalTarget, TargetError, read_environ
-from mirrord.ready import announce_ready, run_loop
+from mirrord.process.lifecycle import announce_ready, run_loop
+from mirrord.targets.local import LocalTarget, TargetError, read_environ
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 

@@ -9,10 +9,10 @@ import anyio
 import anyio.abc
 
 from mirrord.agent.session import Feature
-from mirrord.aioconnect import connect
-from mirrord.mux import ConnectedUdpPipe, Pipe, TcpPipe
 from mirrord.protocol import Connect, Connected, ConnectedFd, Env, GetEnv, Resolve, Resolved
 from mirrord.protocol.messages import AddrInfo
+from mirrord.wire.connect import connect
+from mirrord.wire.mux import ConnectedUdpPipe, Pipe, TcpPipe
 
 CONNECT_TIMEOUT = 30.0
 

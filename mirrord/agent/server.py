@@ -12,9 +12,9 @@ from mirrord.agent.files import FilesFeature
 from mirrord.agent.incoming import IncomingFeature
 from mirrord.agent.outgoing import OutgoingFeature
 from mirrord.agent.session import AgentState, ClientSession, Feature
-from mirrord.link import Link
+from mirrord.process.lifecycle import stop_on_signal
 from mirrord.protocol import ProtocolError
-from mirrord.ready import stop_on_signal
+from mirrord.wire.link import Link
 
 log = logging.getLogger("mirrord.agent")
 HANDSHAKE_TIMEOUT = 10.0

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
-from mirrord.link import Link
-from mirrord.mux import Mux
 from mirrord.protocol import Message, Ping, Pong, ProtocolError
+from mirrord.wire.link import Link
+from mirrord.wire.mux import Mux
 
 log = logging.getLogger("mirrord.agent")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mirrord.cli.errors import CliError
+from mirrord.errors import MirrordError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # soft_wrap: long lines stay whole, for terminals and for anyone who greps the output
@@ -27,14 +27,14 @@ def run_demo(keep: bool = False) -> int:
     from mirrord.lab import LabError, create_lab
 
     if os.geteuid() != 0:
-        raise CliError("the demo builds network namespaces and needs root: run it with sudo")
+        raise MirrordError("the demo builds network namespaces and needs root: run it with sudo")
     if not (EXAMPLES / "fetch_backend.py").is_file():
-        raise CliError(f"the example apps are missing: {EXAMPLES}")
+        raise MirrordError(f"the example apps are missing: {EXAMPLES}")
     try:
         with console.status("building the local staging lab (network namespaces, DNS, services)"):
             lab = create_lab()
     except LabError as exc:
-        raise CliError(f"cannot build the lab: {exc}") from None
+        raise MirrordError(f"cannot build the lab: {exc}") from None
     try:
         target = f"netns/{lab.staging_ns}"
         console.print(
@@ -78,7 +78,7 @@ def outgoing(target: str) -> None:
         console.print(f"  [green]app>[/] {line}")
     if proc.returncode != 0 or not lines:
         console.print(proc.stderr)
-        raise CliError(f"the example app failed (exit status {proc.returncode})")
+        raise MirrordError(f"the example app failed (exit status {proc.returncode})")
     seen = json.loads(lines[-1])
     table = Table(title="what the app saw, running on this host under mirrord")
     table.add_column("check")
@@ -111,7 +111,7 @@ def local_server(target: str, *flags: str) -> Iterator[subprocess.Popen[str]]:
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
-            raise CliError(
+            raise MirrordError(
                 f"the local server did not start: {proc.stderr.read() if proc.stderr else ''}"
             )
         yield proc

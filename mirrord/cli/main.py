@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from mirrord.cli.config_commands import schema_command, verify_config_command
-from mirrord.cli.errors import CliError
 from mirrord.cli.options import session_options
+from mirrord.errors import MirrordError
 
 
 @click.group()
@@ -36,7 +36,7 @@ def run_python(module: str | None, script_and_args: tuple[str, ...], **options: 
     elif script_and_args:
         script = script_and_args[0]
         if not Path(script).is_file():
-            raise CliError(f"no such script: {script}")
+            raise MirrordError(f"no such script: {script}")
         argv = [sys.executable, *script_and_args]
     else:
         raise click.UsageError("name a script to run (or -m MODULE)")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _with_default_command(list(sys.argv[1:] if argv is None else argv))
     try:
         cli.main(args=args, prog_name="mirrord", standalone_mode=False)
-    except CliError as exc:
+    except MirrordError as exc:
         click.echo(f"mirrord: {exc}", err=True)
         sys.exit(1)
     except click.ClickException as exc:

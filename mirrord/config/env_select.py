@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from mirrord.config.model import EnvConfig, EnvSettings, resolve_env
-from mirrord.rust_regex import compile_rust_regex
+from mirrord.settings.rust_regex import compile_rust_regex
 
 __all__ = ["DEFAULT_EXCLUDES", "apply_mapping", "matches_any", "select_env", "without_unset"]
 

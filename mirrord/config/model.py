@@ -35,9 +35,9 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from mirrord.layer.fs_filter import compile_pattern as compile_fs_pattern
-from mirrord.layer.outgoing_filter import FilterError, parse_entry
-from mirrord.rust_regex import compile_rust_regex
+from mirrord.settings.fs_filter import compile_pattern as compile_fs_pattern
+from mirrord.settings.outgoing_filter import FilterError, parse_entry
+from mirrord.settings.rust_regex import compile_rust_regex
 
 __all__ = [
     "AgentConfig",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -36,7 +35,8 @@ from typing import Any, TypeVar
 
 from mirrord.lab import remote_files
 from mirrord.lab.tls import write_certs
-from mirrord.procfs import process_start
+from mirrord.system.namespaces import thread_in_netns
+from mirrord.system.procfs import process_start
 
 T = TypeVar("T")
 
@@ -143,37 +143,15 @@ def netns_pids(ns: str) -> list[int]:
     return pids
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextlib.contextmanager
 def in_netns(ns: str) -> Iterator[None]:
     """Move the *calling thread* into network namespace ``ns`` for the block.
 
-    Sockets created inside the block stay in ``ns`` and may be used from any thread
-    afterwards. Only the network namespace changes: files and /etc/resolv.conf are the
-    host's, so resolve names with ``Lab.run_in`` (a real `ip netns exec`), not here.
+    Only the network namespace changes: files and /etc/resolv.conf are the host's, so
+    resolve names with ``Lab.run_in`` (a real `ip netns exec`), not here.
     """
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(NETNS_DIR / ns, os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
+    with thread_in_netns(NETNS_DIR / ns):
+        yield
 
 
 def call_in_netns(ns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -8,7 +8,6 @@ tmpfs over MOUNT_POINT there and writes the files below, so the target has
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import json
@@ -16,6 +15,8 @@ import os
 import random
 import sqlite3
 from pathlib import Path
+
+from mirrord.system.libc import check, libc
 
 MOUNT_POINT = "/srv"
 ROOT = "/srv/app"
@@ -77,14 +78,10 @@ def _big_file_chunks() -> list[bytes]:
 
 
 def _mount_tmpfs(target: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     ms_nosuid, ms_nodev = 2, 4
-    if (
-        libc.mount(b"tmpfs", target.encode(), b"tmpfs", ms_nosuid | ms_nodev, b"size=64m,mode=755")
-        != 0
-    ):
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount tmpfs on {target}: {os.strerror(err)}")
+    options = b"size=64m,mode=755"
+    result = libc.mount(b"tmpfs", target.encode(), b"tmpfs", ms_nosuid | ms_nodev, options)
+    check(result, f"mount tmpfs on {target}")
 
 
 def populate(mount_point: str = MOUNT_POINT) -> None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrord.layer.client import ProxyClient
-from mirrord.layer.outgoing_filter import OutgoingFilter
 from mirrord.protocol import Unsubscribe
+from mirrord.settings.outgoing_filter import OutgoingFilter
 
 #: How many resolved addresses remember the names they came from (for name filters).
 NAME_MEMORY = 4096

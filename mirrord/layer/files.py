@@ -24,13 +24,6 @@ import wrapt
 
 from mirrord.layer.client import ProxyUnavailable
 from mirrord.layer.context import Context
-from mirrord.layer.fs_filter import (
-    LOCAL,
-    NOT_FOUND,
-    FsPolicy,
-    python_directories,
-    runtime_local_patterns,
-)
 from mirrord.layer.patching import PatchFamily
 from mirrord.protocol import (
     FileAccess,
@@ -62,6 +55,13 @@ from mirrord.protocol.files import (
     KIND_SYMLINK,
     MAX_FILE_CHUNK,
     STAT_FIELDS,
+)
+from mirrord.settings.fs_filter import (
+    LOCAL,
+    NOT_FOUND,
+    FsPolicy,
+    python_directories,
+    runtime_local_patterns,
 )
 
 #: `open()` modes that only read (everything else may write).

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from mirrord.link import Link
-from mirrord.mux import Mux
 from mirrord.protocol import (
     ConnectedFd,
     IncomingConnection,
@@ -26,6 +24,8 @@ from mirrord.protocol import (
     RequestFailed,
 )
 from mirrord.protocol.messages import with_req
+from mirrord.wire.link import Link
+from mirrord.wire.mux import Mux
 
 log = logging.getLogger("mirrord.proxy")
 

@@ -15,10 +15,8 @@ import anyio
 import anyio.abc
 import h11
 
-from mirrord.agent.http_steal import RequestHead
-from mirrord.aioconnect import connect
-from mirrord.http_split import NotHttp, RequestSplitter, WholeRequest
-from mirrord.mux import Pipe, TcpPipe, splice
+from mirrord.http.head import RequestHead
+from mirrord.http.split import NotHttp, RequestSplitter, WholeRequest
 from mirrord.protocol import (
     ConnInfo,
     ConnInfoReply,
@@ -32,6 +30,8 @@ from mirrord.protocol import (
 )
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
+from mirrord.wire.connect import connect
+from mirrord.wire.mux import Pipe, TcpPipe, splice
 
 log = logging.getLogger("mirrord.proxy")
 #: Accepted connections whose origin the layers may still ask about.
@@ -347,7 +347,7 @@ def _mirror_filter(msg: Subscribe) -> Any:
     config = json.loads(msg.http_filter) if msg.http_filter else {}
     if not any(key != "ports" for key in config):
         return None
-    from mirrord.agent.http_filter import HttpFilter
+    from mirrord.http.filter import HttpFilter
 
     http_filter = HttpFilter.from_config(config)
     return http_filter if http_filter.applies_to(msg.port) else None

@@ -13,8 +13,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from mirrord.link import Link
-from mirrord.mux import RelayUdpPipe, TcpPipe
 from mirrord.protocol import (
     Connect,
     Connected,
@@ -29,6 +27,8 @@ from mirrord.protocol import (
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
+from mirrord.wire.link import Link
+from mirrord.wire.mux import RelayUdpPipe, TcpPipe
 
 log = logging.getLogger("mirrord.proxy")
 #: How long a relay address waits for the app's connect before the remote side is dropped.

@@ -13,13 +13,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from mirrord.link import Link
-from mirrord.procfs import process_start
+from mirrord.process.lifecycle import announce_ready, run_loop, stop_on_signal
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
-from mirrord.ready import announce_ready, run_loop, stop_on_signal
+from mirrord.system.procfs import process_start
+from mirrord.wire.link import Link
 
 log = logging.getLogger("mirrord.proxy")
 AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"

@@ -9,7 +9,7 @@
         with staging.activated():                   # this very process, for a while
             requests.get("http://backend.staging.svc:8080/")
 
-The pytest plugin (`mirrord.pytest_plugin`) is a thin face over it.
+The pytest plugin (`mirrord.api.pytest_plugin`) is a thin face over it.
 """
 
 from __future__ import annotations
@@ -29,14 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirrord.cli.errors import CliError
 from mirrord.cli.run import app_environment, read_file_vars
-from mirrord.cli.session import RunningSession, start_session
 from mirrord.config import ConfigError, MirrordConfig, load_config
-
-
-class MirrordError(RuntimeError):
-    """A session could not start (the message is one readable line, as the CLI's)."""
+from mirrord.errors import MirrordError
+from mirrord.launch.start import RunningSession, start_session
 
 
 class Session:
@@ -73,7 +69,7 @@ class Session:
                     log_level=self.log_level,
                 )
                 self._env = app_environment(self.config, self._running, os.environ, file_vars)
-            except CliError as exc:
+            except MirrordError as exc:
                 self.close()
                 raise MirrordError(str(exc)) from None
         return self
@@ -250,7 +246,7 @@ def _accept_copies(listener: socket.socket, found: queue.Queue[MirroredRequest])
 
 
 def _read_copies(conn: socket.socket, found: queue.Queue[MirroredRequest]) -> None:
-    from mirrord.http_split import NotHttp, RequestSplitter
+    from mirrord.http.split import NotHttp, RequestSplitter
 
     splitter = RequestSplitter()
     with conn:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+from mirrord.system.libc import check, libc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -14,17 +16,13 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_SLAVE = 1 << 19
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
 
 class NamespaceError(OSError):
     pass
 
 
 def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise NamespaceError(err, f"{what}: {os.strerror(err)}")
+    check(result, what, NamespaceError)
 
 
 def setns(path: str | Path, nstype: int) -> None:
@@ -40,19 +38,19 @@ def setns_fd(fd: int, nstype: int, what: str = "namespace") -> None:
     if nstype == CLONE_NEWNS and threading.active_count() > 1:
         # the kernel refuses a mount-namespace switch of a multi-threaded process
         raise NamespaceError(0, "setns(mount) must happen before any thread starts")
-    _check(_libc.setns(fd, nstype), f"setns {what}")
+    _check(libc.setns(fd, nstype), f"setns {what}")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
+    _check(libc.unshare(flags), "unshare")
 
 
 def bind_mount(source: str, target: str) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND, None), f"mount {target}")
+    _check(libc.mount(source.encode(), target.encode(), None, MS_BIND, None), f"mount {target}")
 
 
 def make_rslave(target: str = "/") -> None:
-    _check(_libc.mount(b"none", target.encode(), None, MS_REC | MS_SLAVE, None), "mount rslave")
+    _check(libc.mount(b"none", target.encode(), None, MS_REC | MS_SLAVE, None), "mount rslave")
 
 
 def same_namespace(a: str | Path, b: str | Path) -> bool:
@@ -114,3 +112,21 @@ def enter_pid(pid: int) -> None:
     setns(f"/proc/{pid}/ns/net", CLONE_NEWNET)
     if not same_namespace(f"/proc/{pid}/ns/mnt", "/proc/self/ns/mnt"):
         setns(f"/proc/{pid}/ns/mnt", CLONE_NEWNS)
+
+
+@contextlib.contextmanager
+def thread_in_netns(path: str | Path) -> Iterator[None]:
+    """Move the *calling thread* into the network namespace at `path` for the block.
+
+    Sockets created inside the block stay in that namespace and may be used from any
+    thread afterwards. Only the network namespace changes (files, /etc stay ours).
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(path, CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            setns_fd(home, CLONE_NEWNET, "our own network namespace")
+    finally:
+        os.close(home)

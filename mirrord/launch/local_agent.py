@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirrord.cli.processes import spawn_ready
-from mirrord.procfs import process_start
+from mirrord.launch.processes import spawn_ready
+from mirrord.system.procfs import process_start
 
 #: How long a local agent outlives its last client.
 IDLE_TIMEOUT = 3.0

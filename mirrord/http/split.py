@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import h11
 
-from mirrord.agent.http_steal import RequestHead, _buffered
+from mirrord.http.head import RequestHead, buffered_bytes
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ class RequestSplitter:
                     raise NotHttp("the client switched protocols")
                 return done
             if isinstance(event, h11.Request):
-                self._head = RequestHead._from_h11(event)
+                self._head = RequestHead.from_h11(event)
             elif isinstance(event, h11.EndOfMessage):
-                end = len(self._pending) - _buffered(self._conn)
+                end = len(self._pending) - buffered_bytes(self._conn)
                 assert self._head is not None
                 done.append(WholeRequest(self._head, bytes(self._pending[:end])))
                 rest = bytes(self._pending[end:])

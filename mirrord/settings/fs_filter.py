@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirrord.rust_regex import compile_rust_regex, translate
+from mirrord.settings.rust_regex import compile_rust_regex, translate
 
 LOCAL = "local"
 REMOTE = "remote"

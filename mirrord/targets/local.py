@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirrord.agent import namespaces
-from mirrord.procfs import process_start
+from mirrord.system import namespaces
+from mirrord.system.procfs import process_start
 
 
 class TargetError(ValueError):

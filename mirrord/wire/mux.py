@@ -18,10 +18,10 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from mirrord.link import Link
 from mirrord.protocol import Close, Credit, Data, Eof, Message
 from mirrord.protocol.flow import ReceiveCredit, SendCredit
 from mirrord.protocol.messages import MAX_CHUNK
+from mirrord.wire.link import Link
 
 #: Datagrams queued for a slow UDP receiver before new ones are dropped (UDP may drop).
 UDP_QUEUE = 256

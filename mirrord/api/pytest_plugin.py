@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from mirrord.session import Session
+    from mirrord.api.session import Session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +40,7 @@ def mirrord_session(request: pytest.FixtureRequest) -> Iterator[Session]:
             "the mirrord fixtures need a target: --mirrord-target, or mirrord_target/"
             "mirrord_config in the ini file"
         )
-    from mirrord.session import MirrordError, Session  # loaded only when a test uses it
+    from mirrord.api.session import MirrordError, Session  # loaded only when a test uses it
 
     try:
         session = Session(target, config_file=config_file).start()

@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mirrord.cli.errors import CliError
+from mirrord.errors import MirrordError
 
 
 def last_lines(path: Path, count: int = 8) -> str:
@@ -44,13 +44,13 @@ def spawn_ready(
         if left <= 0:
             proc.kill()
             proc.wait()
-            raise CliError(f"the {what} did not start within {timeout:.0f}s\n{last_lines(log)}")
+            raise MirrordError(f"the {what} did not start within {timeout:.0f}s\n{last_lines(log)}")
         ready, _, _ = select.select([proc.stdout], [], [], left)
         if ready:
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
                 proc.wait()
-                raise CliError(
+                raise MirrordError(
                     f"the {what} failed to start (exit status {proc.returncode}); its log "
                     f"{log} ends with:\n{last_lines(log)}"
                 )
@@ -60,5 +60,5 @@ def spawn_ready(
         info = json.loads(line)
     except ValueError:
         proc.kill()
-        raise CliError(f"the {what} said something unexpected: {line[:200]!r}") from None
+        raise MirrordError(f"the {what} said something unexpected: {line[:200]!r}") from None
     return proc, info

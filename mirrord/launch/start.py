@@ -10,13 +10,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirrord.agent.target import LocalTarget, TargetError
-from mirrord.cli.errors import CliError
-from mirrord.cli.local_agent import agent_for
-from mirrord.cli.processes import spawn_ready
+from mirrord.errors import MirrordError
+from mirrord.launch.local_agent import agent_for
+from mirrord.launch.processes import spawn_ready
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
 from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.protocol import Env, GetEnv, RequestFailed
+from mirrord.targets.local import LocalTarget, TargetError
 
 HOOK_DIR = Path(__file__).resolve().parents[2] / "sitecustomize_hook"
 START_TIMEOUT = 30.0
@@ -40,9 +40,9 @@ class RunningSession:
         try:
             reply = self.client().request(GetEnv(req=0))
         except ProxyUnavailable as exc:
-            raise CliError(f"cannot read the target's environment: {exc}") from None
+            raise MirrordError(f"cannot read the target's environment: {exc}") from None
         if isinstance(reply, RequestFailed):
-            raise CliError(f"cannot read the target's environment: {reply.message}")
+            raise MirrordError(f"cannot read the target's environment: {reply.message}")
         assert isinstance(reply, Env)
         return reply.env
 
@@ -71,9 +71,9 @@ def check_target(target: str) -> LocalTarget:
     try:
         parsed = LocalTarget.parse(target)
     except TargetError as exc:
-        raise CliError(str(exc)) from None
+        raise MirrordError(str(exc)) from None
     if parsed.kind != "targetless" and os.geteuid() != 0:
-        raise CliError(f"target {target} needs root to enter its namespaces: run with sudo")
+        raise MirrordError(f"target {target} needs root to enter its namespaces: run with sudo")
     return parsed
 
 
@@ -121,9 +121,9 @@ def start_session(
                 START_TIMEOUT,
             )
             break
-        except CliError as exc:
+        except MirrordError as exc:
             if agent.started or attempt:
-                raise CliError(f"{exc}\nagent log: {agent.log}") from None
+                raise MirrordError(f"{exc}\nagent log: {agent.log}") from None
     return RunningSession(
         target=target,
         workdir=workdir,

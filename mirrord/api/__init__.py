@@ -1,0 +1,1 @@
+"""The faces of mirrord for Python code: `mirrord.Session` and the pytest plugin."""

@@ -1,0 +1,1 @@
+"""Linux helpers shared by the agent, the CLI and the lab: libc calls, namespaces, /proc."""

@@ -1,0 +1,1 @@
+"""Targets: parsing what `-t` names and finding its process (local targets so far)."""
