@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
-from mirrord.layer.context import Context, Redirect, ip_kind, peer_shape
+from mirrord.layer.context import Context, Redirect, called_by_debugger, ip_kind, peer_shape
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.protocol import Connect, Connected, ConnectedFd, RequestFailed
@@ -56,7 +56,11 @@ class SocketPatches(PatchFamily):
         if kind is None:
             host = self._resolve_for_connect(sock, host, port)
             kind = ip_kind(host)
-        if kind == "loopback" and settings.ignore_localhost:
+        if kind == "loopback" and (
+            settings.ignore_localhost
+            or self.ctx.debugger.keeps_local(host, port)
+            or called_by_debugger()
+        ):
             return None
         if not settings.outgoing_filter.is_remote(proto, host, port, self.ctx.names_of(host)):
             return None

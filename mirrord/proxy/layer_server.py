@@ -17,12 +17,14 @@ from mirrord.protocol import (
     Connect,
     Connected,
     ConnInfo,
+    ListenerClosed,
+    ListenerInfo,
     Message,
     Ping,
     Pong,
     ProtocolError,
+    RegisterListener,
     Subscribe,
-    Unsubscribe,
 )
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
@@ -62,6 +64,8 @@ class LayerSession:
             Connect: self.connect,
             Subscribe: self.subscribe,
             ConnInfo: self.conn_info,
+            RegisterListener: self.listener_request,
+            ListenerInfo: self.listener_request,
         }
 
     async def serve(self) -> None:
@@ -72,8 +76,8 @@ class LayerSession:
                 self.tg.start_soon(self.link.guarded, handler, msg, "intproxy")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
-            elif isinstance(msg, Unsubscribe):
-                await self.state.incoming.unsubscribe(msg.port)
+            elif isinstance(msg, ListenerClosed):
+                await self.state.incoming.listeners.sweep()
             elif hasattr(msg, "req"):
                 # a plain request (name lookup, env, files...): the agent answers it
                 self.tg.start_soon(self.link.guarded, self.forward, msg, "intproxy")
@@ -81,7 +85,14 @@ class LayerSession:
                 raise ProtocolError(f"unexpected {msg.TAG} from a layer", "unexpected")
 
     async def subscribe(self, msg: Subscribe) -> None:
-        await self.link.send(await self.state.incoming.subscribe(self, msg))
+        await self.link.send(await self.state.incoming.listeners.subscribe(msg))
+
+    async def listener_request(self, msg: RegisterListener | ListenerInfo) -> None:
+        listeners = self.state.incoming.listeners
+        reply = (
+            listeners.register(msg) if isinstance(msg, RegisterListener) else listeners.info(msg)
+        )
+        await self.link.send(reply)
 
     async def conn_info(self, msg: ConnInfo) -> None:
         reply, fd = self.state.incoming.conn_info(msg)
@@ -148,7 +159,8 @@ class LayerSession:
         )
 
     async def close(self) -> None:
-        await self.state.incoming.drop_owner(self)
+        # its process may have held the last descriptor of a listener
+        await self.state.incoming.listeners.sweep()
         for conn in self.udp_conns:
             await self.state.agent.mux.reset(conn)
 

@@ -91,6 +91,7 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
         incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing)
         agent.on_incoming = incoming.on_incoming
+        tg.start_soon(incoming.listeners.run_sweeps)
         state = ProxyState(
             token=proxy_token, agent=agent, incoming=incoming, pass_fds=not args.no_fd_passing
         )
