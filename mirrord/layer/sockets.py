@@ -72,11 +72,13 @@ class SocketPatches(PatchFamily):
         return str(infos[0][4][0])
 
     def _ask_connect(
-        self, proto: str, host: str, port: int, want_fd: bool
+        self, proto: str, host: str, port: int, want_fd: bool, nonblocking: bool = False
     ) -> tuple[Connected, None] | tuple[ConnectedFd, int]:
         """Ask the intproxy to connect from the target; errors as the OSError a local
         connect would raise."""
-        request = Connect(req=0, proto=proto, host=host, port=port, want_fd=want_fd)
+        request = Connect(
+            req=0, proto=proto, host=host, port=port, want_fd=want_fd, nonblocking=nonblocking
+        )
         try:
             reply, fd = self.ctx.client.request_fd(request)
         except ProxyUnavailable as exc:
@@ -98,7 +100,9 @@ class SocketPatches(PatchFamily):
         known = self.ctx.redirects.get(fd)
         if known is not None and known.remote[:2] == peer_shape(sock.family, host, port)[:2]:
             return known  # connect() again on a connecting socket: same relay, same errno
-        reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host))
+        # a non-blocking socket (asyncio's) must not wait for a slow remote: see Connect
+        nonblocking = sock.gettimeout() == 0.0
+        reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host), nonblocking)
         if new_fd is not None:
             adopt_socket(sock, new_fd, proto)
             self.ctx.forget_fd(fd)

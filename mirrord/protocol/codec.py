@@ -113,14 +113,20 @@ def _schema(tag: str) -> _Schema | None:
     return schema
 
 
-def encode(msg: Message) -> bytes:
-    """One frame for `msg`."""
+def encode(msg: Message, max_frame: int = MAX_FRAME) -> bytes:
+    """One frame for `msg`; ProtocolError if it is larger than a peer accepts (a sender
+    must split what can be split, and fail the one request that cannot)."""
     body: dict[str, Any] = {"t": msg.TAG}
     schema = _schema(msg.TAG)
     assert schema is not None, f"unregistered message {msg.TAG}"
     for name in schema.field_names:
         body[name] = _to_wire(getattr(msg, name))
     payload = msgpack.packb(body, use_bin_type=True)
+    if len(payload) > max_frame:
+        raise ProtocolError(
+            f"{msg.TAG}: a frame of {len(payload)} bytes is over the limit of {max_frame}",
+            "too_large",
+        )
     return _LEN.pack(len(payload)) + payload
 
 

@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 
 from mirrord.protocol import (
+    Connected,
     ConnectedFd,
     IncomingConnection,
     IncomingFd,
@@ -35,6 +36,8 @@ class _Pending:
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: Message | None = None
     fd: int | None = None
+    #: a Connect of this protocol: its connection must be known before its first Data
+    connects: str | None = None
 
 
 class AgentGone(Exception):
@@ -69,15 +72,19 @@ class AgentClient:
         req = next(self._ids)
         if self.gone is not None:
             return self._failure(req), None
-        pending = self._pending[req] = _Pending()
+        pending = self._pending[req] = _Pending(connects=getattr(msg, "proto", None))
         try:
             await self.link.send(with_req(msg, req))
             await pending.done.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return self._failure(req), None
         except BaseException:
+            # cancelled while the answer was on its way: nobody will use what it brought
             if pending.fd is not None:
-                os.close(pending.fd)  # cancelled while the socket was on its way
+                os.close(pending.fd)
+            if isinstance(pending.reply, Connected) and pending.connects is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.mux.reset(pending.reply.conn)
             raise
         finally:
             self._pending.pop(req, None)
@@ -111,6 +118,10 @@ class AgentClient:
                 fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)
                 if req is not None and (pending := self._pending.get(req)) is not None:
+                    if isinstance(msg, Connected) and pending.connects is not None:
+                        # the remote may speak first: its Data can follow this reply at
+                        # once, before the requester runs again; it must find its conn
+                        self.mux.open(msg.conn, datagram=pending.connects == "udp")
                     pending.reply, pending.fd = msg, fd
                     pending.done.set()
                 elif fd is not None:
