@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,55 +146,74 @@ def _make_leaf(
     dn = (f"O = {org}\n" if org else "") + f"CN = {cn}\n"
     conf = d / f"{name}.cnf"
     conf.write_text(
-        f"[req]\ndistinguished_name = dn\nprompt = no\n[dn]\n{dn}[ext]\n" + "\n".join(ext) + "\n"
+        "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = ext\n"
+        f"[dn]\n{dn}[ext]\n" + "\n".join(ext) + "\n"
     )
-    csr = d / f"{name}.csr"
+    # one call: `req -x509 -CA` (OpenSSL >= 3.0) makes the key and the signed certificate
     _openssl(
-        ["req", "-new", "-config", conf.name, *_ec_key_args()]
-        + ["-keyout", pair.key.name, "-out", csr.name],
+        ["req", "-x509", "-config", conf.name, *_ec_key_args(), "-days", str(DAYS)]
+        + ["-CA", ca.cert.name, "-CAkey", ca.key.name]
+        + ["-keyout", pair.key.name, "-out", pair.cert.name],
         cwd=d,
     )
-    _openssl(
-        ["x509", "-req", "-in", csr.name, "-CA", ca.cert.name, "-CAkey", ca.key.name]
-        + ["-CAcreateserial", "-days", str(DAYS), "-extfile", conf.name, "-extensions", "ext"]
-        + ["-out", pair.cert.name],
-        cwd=d,
-    )
-    csr.unlink()
     return pair
 
 
 def create_pki(d: Path, *, service_ip: str, node_ip: str = "127.0.0.1") -> Pki:
-    """Make every certificate and key in ``d`` (about 0.1 s)."""
+    """Make every certificate and key in ``d`` (0.1-0.4 s idle; seconds on a loaded machine)."""
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
     ca = _make_ca(d)
-    apiserver = _make_leaf(
-        d,
-        ca,
-        "apiserver",
-        "kube-apiserver",
-        server=True,
-        dns=(
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ),
-        ips=("127.0.0.1", service_ip),
-    )
-    admin = _make_leaf(d, ca, "admin", "kubernetes-admin", org="system:masters", client=True)
-    kubelet_client = _make_leaf(
-        d, ca, "kubelet-client", "kube-apiserver-kubelet-client", org="system:masters", client=True
-    )
-    kwok = _make_leaf(d, ca, "kwok", "kwok", server=True, dns=("localhost",), ips=(node_ip,))
     sa_key, sa_pub = d / "sa.key", d / "sa.pub"
-    _openssl(
-        ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", sa_key.name],
-        cwd=d,
-    )
-    _openssl(["pkey", "-in", sa_key.name, "-pubout", "-out", sa_pub.name], cwd=d)
+
+    def sa_keys() -> None:
+        # RSA, as kubeadm makes it; the slowest step (0.05-0.8 s), so it runs beside the certs
+        _openssl(
+            ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+            + ["-out", sa_key.name],
+            cwd=d,
+        )
+        _openssl(["pkey", "-in", sa_key.name, "-pubout", "-out", sa_pub.name], cwd=d)
+
+    kube_dns = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        sa = pool.submit(sa_keys)
+        apiserver = pool.submit(
+            _make_leaf,
+            d,
+            ca,
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            dns=("localhost", *kube_dns, "kubernetes.default.svc.cluster.local"),
+            ips=("127.0.0.1", service_ip),
+        )
+        admin = pool.submit(
+            _make_leaf, d, ca, "admin", "kubernetes-admin", org="system:masters", client=True
+        )
+        kubelet_client = pool.submit(
+            _make_leaf,
+            d,
+            ca,
+            "kubelet-client",
+            "kube-apiserver-kubelet-client",
+            org="system:masters",
+            client=True,
+        )
+        kwok = pool.submit(
+            _make_leaf, d, ca, "kwok", "kwok", server=True, dns=("localhost",), ips=(node_ip,)
+        )
+        sa.result()
+        pki = Pki(
+            d,
+            ca,
+            apiserver.result(),
+            admin.result(),
+            kubelet_client.result(),
+            kwok.result(),
+            sa_key,
+            sa_pub,
+        )
     for p in d.glob("*.key"):
         p.chmod(0o600)
-    return Pki(d, ca, apiserver, admin, kubelet_client, kwok, sa_key, sa_pub)
+    return pki
