@@ -6,6 +6,7 @@ Missing binaries fail (not skip) these tests: CI runs scripts/kube-binaries firs
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
@@ -22,7 +23,9 @@ from kubernetes.stream import portforward
 
 from mirrord.lab.kube import KubeLab, StartError, binaries, resources
 from mirrord.lab.kube.binaries import BinariesMissing
+from mirrord.lab.kube.control_plane import remove_stale_dirs
 from mirrord.lab.kube.processes import clean_env
+from mirrord.system.procfs import process_start
 
 NS = "default"
 
@@ -292,6 +295,19 @@ def test_failed_start_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(StartError, match="(?s)etcd died.*no such luck"):
         KubeLab.start(work, binaries=fake)
     assert list(work.iterdir()) == []
+
+
+def test_a_killed_owners_directory_is_removed_by_the_next_start(tmp_path: Path) -> None:
+    stale = tmp_path / "mirrord-kube-stale"
+    stale.mkdir()
+    (stale / "owner.json").write_text('{"pid": 2147483647, "start": 1}')  # no such process
+    mine = tmp_path / "mirrord-kube-mine"
+    mine.mkdir()
+    (mine / "owner.json").write_text(
+        json.dumps({"pid": os.getpid(), "start": process_start(os.getpid())})
+    )
+    assert remove_stale_dirs(tmp_path) == [stale]
+    assert mine.exists() and not stale.exists()
 
 
 def test_close_stops_everything_and_removes_its_directory(

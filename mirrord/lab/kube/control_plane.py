@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from mirrord.lab.kube.processes import (
     stop_all,
 )
 from mirrord.lab.kube.stages import PLAYED_NODE_PREFIX, write_config
+from mirrord.system.procfs import process_start
 
 TMP_PREFIX = "mirrord-kube-"
 # Only labels objects: nothing routes it (the `kubernetes` Service gets the first address).
@@ -56,6 +58,29 @@ READY_TIMEOUT = 60.0  # a loaded 2-core CI machine: the apiserver alone is ~3 s 
 def _crd_file(kind: str) -> str:
     plural = kind.lower() if kind.endswith("s") else kind.lower() + "s"  # Logs -> logs
     return f"kwok.x-k8s.io_{plural}.yaml"
+
+
+OWNER_FILE = "owner.json"
+
+
+def _write_owner(d: Path) -> None:
+    pid = os.getpid()
+    (d / OWNER_FILE).write_text(json.dumps({"pid": pid, "start": process_start(pid)}))
+
+
+def remove_stale_dirs(base: Path) -> list[Path]:
+    """Remove lab directories under ``base`` whose creating process is gone (a ``kill -9``
+    leaves them; its children died with it). Returns what was removed."""
+    removed = []
+    for d in base.glob(f"{TMP_PREFIX}*"):
+        try:
+            owner = json.loads((d / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours
+        if process_start(owner.get("pid", -1)) != owner.get("start"):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 @dataclass(eq=False)
@@ -92,8 +117,10 @@ class KubeLab:
         component does not come up (with the tail of its log)."""
         binaries = binaries or find()
         t0 = time.monotonic()
-        base = Path(tmpdir) if tmpdir is not None else None
+        base = Path(tmpdir) if tmpdir is not None else Path(tempfile.gettempdir())
+        remove_stale_dirs(base)
         d = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base))
+        _write_owner(d)
         lab: KubeLab | None = None
         try:
             pki = create_pki(d / "pki", service_ip=SERVICE_IP)
