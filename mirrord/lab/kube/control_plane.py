@@ -243,7 +243,9 @@ class KubeLab:
         names = []
         for kind in KWOK_CRDS:
             doc = yaml.safe_load((self.binaries.kwok_crd_dir / _crd_file(kind)).read_text())
-            ext.create_custom_resource_definition(doc)
+            ext.create_custom_resource_definition(
+                resources.model(client.V1CustomResourceDefinition, doc)
+            )
             names.append(doc["metadata"]["name"])
 
         def established(crd: Any) -> bool:
@@ -315,7 +317,10 @@ class KubeLab:
         others = [c for c in self.components if c.name != "etcd"]
         stop_all(others)
         stop_all([c for c in self.components if c.name == "etcd"])
-        if not self.keep_dir:
+        if self.keep_dir:
+            # no owner: the next start must not take the kept logs for a crash's leftovers
+            (self.dir / OWNER_FILE).unlink(missing_ok=True)
+        else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> KubeLab:
