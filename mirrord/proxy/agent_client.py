@@ -50,6 +50,7 @@ class AgentClient:
     def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
         self.link = link
         self.mux = Mux(link, tg)
+        self.mux.announcements = self._announced
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
@@ -91,6 +92,16 @@ class AgentClient:
         assert pending.reply is not None
         return pending.reply, pending.fd
 
+    def _announced(self, msg: Message) -> None:
+        """A message that announces a connection opens it in the Mux before its first
+        Data, which may follow in the same read: a server that speaks first."""
+        if isinstance(msg, IncomingConnection):
+            self.mux.open(msg.conn, datagram=False)
+        elif isinstance(msg, Connected):
+            pending = self._pending.get(msg.req)
+            if pending is not None and pending.connects is not None:
+                self.mux.open(msg.conn, datagram=pending.connects == "udp")
+
     def _failure(self, req: int) -> RequestFailed:
         return RequestFailed(
             req=req,
@@ -104,10 +115,9 @@ class AgentClient:
         reason = "the agent closed the connection"
         try:
             while True:
-                msg = await self.link.receive()
-                if await self.mux.handle(msg):
-                    continue
+                msg = await self.link.receive()  # connection frames went to the Mux already
                 if isinstance(msg, IncomingConnection | IncomingFd):
+                    # (an IncomingConnection's conn is open already: see _announced)
                     fd = self.link.take_fd() if isinstance(msg, IncomingFd) else None
                     if self.on_incoming is None:
                         if fd is not None:
@@ -118,10 +128,6 @@ class AgentClient:
                 fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)
                 if req is not None and (pending := self._pending.get(req)) is not None:
-                    if isinstance(msg, Connected) and pending.connects is not None:
-                        # the remote may speak first: its Data can follow this reply at
-                        # once, before the requester runs again; it must find its conn
-                        self.mux.open(msg.conn, datagram=pending.connects == "udp")
                     pending.reply, pending.fd = msg, fd
                     pending.done.set()
                 elif fd is not None:
