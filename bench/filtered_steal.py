@@ -49,8 +49,11 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
+class S(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, address):
+        pass  # clients that hang up at the end of a run
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+srv = S(("0.0.0.0", port), H)
 srv.daemon_threads = True
 print("ready", flush=True)
 srv.serve_forever()

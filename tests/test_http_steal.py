@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import importlib.util
 import http.client
 import json
 import os
@@ -330,9 +331,14 @@ class Stealer:
         self._future.result(timeout=5)
 
 
-@pytest.fixture
-def portal() -> Iterator[anyio.from_thread.BlockingPortal]:
-    with anyio.from_thread.start_blocking_portal() as portal:
+# The agent runs on uvloop where it is installed: then the engine is tested on both loops.
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+
+
+@pytest.fixture(params=LOOPS)
+def portal(request: pytest.FixtureRequest) -> Iterator[anyio.from_thread.BlockingPortal]:
+    options = {"use_uvloop": request.param == "uvloop"}
+    with anyio.from_thread.start_blocking_portal(backend_options=options) as portal:
         yield portal
 
 

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from mirrord.agent.http_framing import (
     MAX_HEAD,
@@ -96,6 +96,9 @@ class Channel:
     def close(self, abort: bool = False) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """The engine took this channel: events held back until now may come."""
+
 
 class Destination(Protocol):
     """Where `choose` sends a request; requests to an equal `key` may share a channel."""
@@ -114,25 +117,39 @@ class _SocketChannel(Channel, asyncio.Protocol):
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.eof_seen = False
+        # some loops (uvloop) deliver data before connect_accepted_socket returns
+        self._held: list[Callable[[], None]] | None = []
+
+    def _event(self, call: Callable[[], None]) -> None:
+        if self._held is None:
+            call()
+        else:
+            self._held.append(call)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for call in held:
+            call()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # an asyncio.Transport in all but name (uvloop's are not subclasses)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.sink.target_data(self, data)
+        self._event(lambda: self.sink.target_data(self, data))
 
     def eof_received(self) -> bool:
         # once only: asyncio reads the EOF again if reading is resumed after it
         if not self.eof_seen:
             self.eof_seen = True
-            self.sink.target_eof(self)
+            self._event(lambda: self.sink.target_eof(self))
         return True  # keep our sending side open until the engine closes
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
             self.closed = True
-            self.sink.target_lost(self, f"{self.name}: {exc or 'connection closed'}")
+            error = f"{self.name}: {exc or 'connection closed'}"
+            self._event(lambda: self.sink.target_lost(self, error))
 
     def pause_writing(self) -> None:
         self.sink.target_paused(True)
@@ -202,8 +219,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # an asyncio.Transport in all but name (uvloop's are not subclasses)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.engine is not None:
@@ -603,11 +620,16 @@ class _Engine:
             if idle is not None:
                 idle.close()
             try:
-                self.channel = await self._channel(self.original)
+                channel = await self._channel(self.original)
             except StealError:
                 self._finish(abort=True)
                 return
+            if self.phase != "route":  # the client went away meanwhile
+                channel.close()
+                return
+            self.channel = channel
             self._go_raw()
+            channel.release()
             return
         destination = self.choose(request.head) or self.original
         try:
@@ -629,6 +651,7 @@ class _Engine:
         self.channel = channel
         self._key = destination.key
         self.phase = "body"
+        channel.release()
         head, self.buf = self.buf[: request.raw_length], self.buf[request.raw_length :]
         channel.write(head)
         pending, self.buf = self.buf, bytearray()
@@ -667,8 +690,7 @@ async def serve_stolen_http(
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     protocol = _ClientProtocol()
     transport, _ = await loop.connect_accepted_socket(lambda: protocol, client)
-    assert isinstance(transport, asyncio.Transport)
-    engine = _Engine(transport, choose, original)
+    engine = _Engine(cast(asyncio.Transport, transport), choose, original)
     try:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(protocol.arrived), first_bytes_timeout)

@@ -7,6 +7,7 @@ HTTP filters); each client's subscriptions end with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -327,7 +328,9 @@ class StealService:
         except Exception:
             log.exception("a stolen connection from %s:%s failed", *peer[:2])
         finally:
-            conn.close()
+            # (the event loop may have closed it already, as the owner of its transport)
+            with contextlib.suppress(OSError):
+                conn.close()
 
     async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
