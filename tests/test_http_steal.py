@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import importlib.util
 import http.client
+import importlib.util
 import json
 import os
 import socket

@@ -710,7 +710,7 @@ async def serve_stolen_http(
         # a graceful close first flushes what the client did not read yet: bounded
         try:
             await asyncio.wait_for(asyncio.shield(protocol.closed), LINGER_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             transport.abort()
     finally:
         engine._finish(abort=engine.phase != "done")
