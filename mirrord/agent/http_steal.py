@@ -39,6 +39,7 @@ from mirrord.http.head import RequestHead
 __all__ = [
     "Channel",
     "Destination",
+    "Drain",
     "RequestHead",
     "SocketDestination",
     "StealError",
@@ -107,6 +108,27 @@ class Destination(Protocol):
     def key(self) -> object: ...
 
     async def open(self, sink: Sink) -> Channel: ...
+
+
+class Drain:
+    """The connections of a port that is no longer stolen: the next response on each carries
+    `Connection: close`, so that the client's next request opens a connection that goes to the
+    service directly, and the agent can leave without cutting a request."""
+
+    def __init__(self) -> None:
+        self.engines: set[_Engine] = set()
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+        for engine in list(self.engines):
+            engine.drain()
+
+
+def _closing(head: bytes) -> bytes:
+    """A response head with `Connection: close` added (the head ends with a blank line)."""
+    blank = 2 if head.endswith(b"\n\n") else 4
+    return head[:-blank] + b"\r\nconnection: close" + head[-blank:]
 
 
 class _SocketChannel(Channel, asyncio.Protocol):
@@ -288,6 +310,17 @@ class _Engine:
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self._linger: asyncio.TimerHandle | None = None
+        self.draining = False
+
+    def drain(self) -> None:
+        # the next response tells the client to close (no race with its next request);
+        # a connection that stays idle ends when the agent does
+        self.draining = True
+
+    @property
+    def between_requests(self) -> bool:
+        """Nothing of the next request received yet: closing now loses nothing."""
+        return self.phase == "head" and not self.buf
 
     # --- flow control of the client's reading ---------------------------------------------
 
@@ -429,7 +462,12 @@ class _Engine:
                         return
                     head_end = pos + response.raw_length
                     end = response.body.feed(data, head_end)
-                    self._to_client(memoryview(data)[pos:end])
+                    if self.draining:  # the one change we make: tell the client to go
+                        response.keep_alive = False
+                        self._to_client(_closing(data[pos:head_end]))
+                        self._to_client(memoryview(data)[head_end:end])
+                    else:
+                        self._to_client(memoryview(data)[pos:end])
                     pos = end
                 else:
                     end = response.body.feed(data, pos)
@@ -500,7 +538,11 @@ class _Engine:
     def _exchange_done(self) -> None:
         request, response, channel = self.request, self.response, self.channel
         assert request is not None and response is not None and channel is not None
-        if not (request.keep_alive and response.keep_alive) or self.client_eof_seen:
+        if (
+            not (request.keep_alive and response.keep_alive)
+            or self.client_eof_seen
+            or self.draining
+        ):
             self._close_after_response()
             return
         self.idle[self._key] = channel
@@ -677,12 +719,14 @@ async def serve_stolen_http(
     original: Destination,
     *,
     first_bytes_timeout: float = FIRST_BYTES_TIMEOUT,
+    drain: Drain | None = None,
 ) -> None:
     """Serve one stolen client connection until it ends, then close everything involved.
 
     `choose(head)` gives the destination of a request, or None for `original`. A destination
     failing to open (StealError) is answered with its status (502, or 503 when busy). A client
     that sends nothing for `first_bytes_timeout` seconds is relayed raw to the original service.
+    When `drain` starts, the connection closes once between requests (also when cancelled).
     """
     loop = asyncio.get_running_loop()
     client.setblocking(False)
@@ -691,6 +735,10 @@ async def serve_stolen_http(
     protocol = _ClientProtocol()
     transport, _ = await loop.connect_accepted_socket(lambda: protocol, client)
     engine = _Engine(cast(asyncio.Transport, transport), choose, original)
+    drain = drain or Drain()
+    drain.engines.add(engine)
+    if drain.started:
+        engine.draining = True
     try:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(protocol.arrived), first_bytes_timeout)
@@ -713,4 +761,6 @@ async def serve_stolen_http(
         except TimeoutError:
             transport.abort()
     finally:
-        engine._finish(abort=engine.phase != "done")
+        drain.engines.discard(engine)
+        # cancelled (the agent exits): an idle kept-alive connection ends as HTTP allows
+        engine._finish(abort=engine.phase != "done" and not engine.between_requests)

@@ -22,6 +22,7 @@ import anyio.abc
 from mirrord.agent.http_steal import (
     Channel,
     Destination,
+    Drain,
     Sink,
     SocketDestination,
     StealError,
@@ -220,6 +221,8 @@ class StealService:
     def __init__(self, state: AgentState) -> None:
         self.state = state
         self.subs: dict[int, list[_Stealer]] = {}
+        # filtered connections being served, per port: they go once the port is released
+        self.drains: dict[int, Drain] = {}
         # one listener and one table per IP version; IPv6 only where the target has it
         self.listeners: list[socket.socket] = []
         self.redirects: list[Redirects] = []
@@ -292,6 +295,7 @@ class StealService:
                 return
             if self.subs.pop(port, None) is not None:
                 await anyio.to_thread.run_sync(self._remove_rules, port)
+                self.drains.pop(port, Drain()).start()
                 log.info("released port %d", port)
 
     async def drop_session(self, session: ClientSession) -> None:
@@ -384,7 +388,8 @@ class StealService:
         original = SocketDestination(
             None, "original service", lambda: connect_socket("tcp", *target, mark=MARK)
         )
-        await serve_stolen_http(conn, choose, original)
+        drain = self.drains.setdefault(port, Drain())
+        await serve_stolen_http(conn, choose, original, drain=drain)
 
 
 class MirrorBudget:
