@@ -29,6 +29,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def wrk(url: str, seconds: int, concurrency: int, *flags: str) -> Result:
     return Result(rate, failed, percentiles)
 
 
+def check_still_stolen(url: str) -> None:
+    """Numbers of a run whose steal ended midway (the agent died) would be staging's own."""
+    request = urllib.request.Request(url, headers={"x-dev": "alice"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        if reply.read() != b"local-app":
+            raise SystemExit("the steal ended during the run: its numbers are not the steal's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
@@ -180,6 +189,7 @@ def main() -> None:
                     measure("local app direct keep-alive", direct)
                     measure("matching (stolen)", staging, *alice)
                     measure("matching (stolen) keep-alive", staging, *alice)
+                    check_still_stolen(staging)
                 finally:
                     app.terminate()
                     app.wait(10)
