@@ -42,6 +42,8 @@ READ_SIZE = 256 * 1024
 #: Descriptors one read may bring; more would be silently closed by the kernel.
 MAX_FDS_PER_READ = 64
 _FD_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+#: Kernel buffer asked for on each side of a link (the kernel may cap it).
+SOCKET_BUFFER = 4 * 1024 * 1024
 #: Control messages waiting for `receive()` before the link stops reading (back-pressure).
 INBOX_LIMIT = 4096
 #: Bytes buffered for the socket above which writers are asked to wait (or pause).
@@ -54,6 +56,11 @@ class Link:
 
     def __init__(self, sock: socket.socket, accept_fds: bool = False) -> None:
         sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:  # room for whole frames: fewer partial writes, fewer wake-ups
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
         self.sock = sock
         self._fileno = sock.fileno()
         self._loop = asyncio.get_running_loop()
