@@ -46,6 +46,7 @@ class MirrorToApp:
         self.ended = anyio.Event()
         self._head: RequestHead | None = None  # of the request going to the app now
         self._to: anyio.abc.SocketStream | None = None  # where it goes
+        self._draining: anyio.abc.SocketStream | None = None
 
     async def send(self, data: bytes) -> None:
         if self.requests is None:
@@ -89,7 +90,8 @@ class MirrorToApp:
             if self.keeps_connections is None:
                 self.keeps_connections = True  # no answer yet: assume a kept connection
             if self.keeps_connections:
-                self.tg.start_soon(_drain, stream)
+                self._draining = stream  # the drain closes it, once the app is done
+                self.tg.start_soon(_drain, stream, self.ended)
             else:
                 await self._drop_app()
         elif not self.keeps_connections:
@@ -112,7 +114,8 @@ class MirrorToApp:
     async def _drop_app(self) -> None:
         if self.stream is not None:
             stream, self.stream = self.stream, None
-            await stream.aclose()
+            if stream is not self._draining:  # (closing under the app's answers: EPIPE)
+                await stream.aclose()
 
     async def receive(self, max_bytes: int) -> bytes:
         await self.ended.wait()
@@ -135,14 +138,23 @@ class MirrorToApp:
         self.ended.set()
 
 
-async def _drain(stream: anyio.abc.SocketStream) -> None:
-    """Read and drop the app's answers until it closes the connection."""
-    async with stream:
+async def _drain(stream: anyio.abc.SocketStream, ended: anyio.Event) -> None:
+    """Read and drop the app's answers until it closes the connection, or until it has
+    had MIRROR_ANSWER_TIMEOUT to answer after the client's end."""
+
+    async def give_up_after_the_end(scope: anyio.CancelScope) -> None:
+        await ended.wait()
+        await anyio.sleep(MIRROR_ANSWER_TIMEOUT)
+        scope.cancel()
+
+    async with stream, anyio.create_task_group() as tg:
+        tg.start_soon(give_up_after_the_end, tg.cancel_scope)
         try:
             async for _ in stream:
                 pass
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
+        tg.cancel_scope.cancel()
 
 
 async def _read_answer(stream: anyio.abc.SocketStream, head: RequestHead) -> bool:
