@@ -35,6 +35,14 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from mirrord.settings.contract import (
+    DnsSettings,
+    FilterSettings,
+    FsSettings,
+    IncomingSettings,
+    LayerSettings,
+    OutgoingSettings,
+)
 from mirrord.settings.fs_filter import compile_pattern as compile_fs_pattern
 from mirrord.settings.outgoing_filter import FilterError, parse_entry
 from mirrord.settings.rust_regex import compile_rust_regex
@@ -739,72 +747,9 @@ class StartupRetryConfig(_Section):
 # --------------------------------------------------------------------- resolved settings
 
 
-@dataclass(frozen=True)
-class FilterSpec:
-    """A local/remote filter: ``mode`` says what matching entries do."""
-
-    mode: Literal["local", "remote"]
-    entries: list[str]
-
-    def to_settings(self) -> dict[str, Any]:
-        return {"mode": self.mode, "entries": list(self.entries)}
-
-
-@dataclass(frozen=True)
-class OutgoingSettings:
-    tcp: bool = True
-    udp: bool = True
-    ignore_localhost: bool = False
-    filter: FilterSpec | None = None
-    unix_streams: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class IncomingSettings:
-    """``feature.network.incoming`` resolved (mode "off" when disabled)."""
-
-    mode: str = "mirror"
-    http_filter: dict[str, Any] | None = None
-    port_mapping: list[list[int]] = field(default_factory=list)
-    listen_ports: list[list[int]] = field(default_factory=list)
-    ignore_ports: list[int] = field(default_factory=list)
-    ports: list[int] | None = None
-    ignore_localhost: bool = False
-
-    def to_settings(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "http_filter": self.http_filter,
-            "port_mapping": self.port_mapping,
-            "listen_ports": self.listen_ports,
-            "ignore_ports": self.ignore_ports,
-            "ports": self.ports,
-            "ignore_localhost": self.ignore_localhost,
-        }
-
-
-@dataclass(frozen=True)
-class FsSettings:
-    """``feature.fs`` resolved: true is mode "read", false is "local"."""
-
-    mode: str = "read"
-    read_write: list[str] = field(default_factory=list)
-    read_only: list[str] = field(default_factory=list)
-    local: list[str] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
-    mapping: dict[str, str] = field(default_factory=dict)
-    readonly_file_buffer: int | None = None
-
-    def to_settings(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "read_write": list(self.read_write),
-            "read_only": list(self.read_only),
-            "local": list(self.local),
-            "not_found": list(self.not_found),
-            "mapping": dict(self.mapping),
-            "readonly_file_buffer": self.readonly_file_buffer,
-        }
+#: The layer's part of the resolved settings is the layer contract itself
+#: (``mirrord.settings.contract``): the CLI builds it here, the layer reads its JSON.
+FilterSpec = FilterSettings
 
 
 def resolve_fs(value: bool | str | FsConfig | None) -> FsSettings:
@@ -824,12 +769,6 @@ def resolve_fs(value: bool | str | FsConfig | None) -> FsSettings:
         mapping=dict(value.mapping or {}),
         readonly_file_buffer=value.readonly_file_buffer,
     )
-
-
-@dataclass(frozen=True)
-class DnsSettings:
-    enabled: bool = True
-    filter: FilterSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -959,7 +898,6 @@ class MirrordConfig(_Section):
             udp=section.udp,
             ignore_localhost=section.ignore_localhost,
             filter=None if section.filter is None else section.filter.spec,
-            unix_streams=list(section.unix_streams or []),
         )
 
     @property
@@ -991,23 +929,15 @@ class MirrordConfig(_Section):
         """``feature.fs`` resolved."""
         return resolve_fs(self.feature.fs)
 
+    def layer_contract(self) -> LayerSettings:
+        """What the in-app layer gets (``MIRRORD_LAYER_SETTINGS``, standard library only)."""
+        return LayerSettings(
+            outgoing=self.outgoing, dns=self.dns, incoming=self.incoming, fs=self.fs
+        )
+
     def layer_settings(self) -> dict[str, Any]:
-        """The JSON-serialisable settings the in-app layer reads (standard library only)."""
-        outgoing, dns = self.outgoing, self.dns
-        return {
-            "outgoing": {
-                "tcp": outgoing.tcp,
-                "udp": outgoing.udp,
-                "ignore_localhost": outgoing.ignore_localhost,
-                "filter": None if outgoing.filter is None else outgoing.filter.to_settings(),
-            },
-            "dns": {
-                "enabled": dns.enabled,
-                "filter": None if dns.filter is None else dns.filter.to_settings(),
-            },
-            "incoming": self.incoming.to_settings(),
-            "fs": self.fs.to_settings(),
-        }
+        """:meth:`layer_contract` as the JSON object the layer reads."""
+        return self.layer_contract().to_dict()
 
 
 def _reflect_outgoing_names(

@@ -499,7 +499,7 @@ class FilePatches(PatchFamily):
     def __init__(self, ctx: Context) -> None:
         super().__init__()
         self.ctx = ctx
-        fs: dict[str, Any] = dict(getattr(ctx.settings, "fs", None) or {})
+        fs = ctx.settings.fs
         home = os.environ.get("HOME")
         try:
             cwd: str | None = os.getcwd()
@@ -515,8 +515,8 @@ class FilePatches(PatchFamily):
             directories=[*python_directories(), session_dir],
         )
         self.policy = FsPolicy.from_settings(fs, runtime_local=runtime, home=home)
-        buffer = fs.get("readonly_file_buffer") or DEFAULT_READ_BUFFER
-        self.read_buffer = max(4096, min(int(buffer), MAX_FILE_CHUNK))
+        buffer = fs.readonly_file_buffer or DEFAULT_READ_BUFFER
+        self.read_buffer = max(4096, min(buffer, MAX_FILE_CHUNK))
         self._reads: dict[str, Decision] = {}
         self._writes: dict[str, Decision] = {}
         # os.open()ed remote files being written: fd -> where their content goes on close

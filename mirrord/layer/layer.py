@@ -5,17 +5,17 @@ Runs inside the user's app: standard library, wrapt and msgpack only.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
 from mirrord.layer.client import ProxyClient
-from mirrord.layer.context import Context, LayerSettings
+from mirrord.layer.context import Context
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
+from mirrord.settings.contract import LayerSettings
 
 SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
 TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
@@ -40,7 +40,7 @@ class Layer:
         path = env.get(SOCKET_ENV)
         if not path:
             return None
-        settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
+        settings = LayerSettings.from_json(env.get(SETTINGS_ENV, ""))
         return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
 
     def install(self) -> None:
