@@ -15,11 +15,9 @@ from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
-from mirrord.settings.contract import LayerSettings
+from mirrord.settings.contract import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV, LayerSettings
 
-SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
-TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
-SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
+__all__ = ["SETTINGS_ENV", "SOCKET_ENV", "TOKEN_ENV", "Layer"]
 
 
 class Layer:

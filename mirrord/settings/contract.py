@@ -1,6 +1,9 @@
 """The settings the CLI hands the layer: one contract, read by the Python layer and the C relay.
 
-The CLI builds :class:`LayerSettings` from the user's config (``MirrordConfig.layer_contract``)
+The CLI starts the app with three variables: ``MIRRORD_INTPROXY_SOCKET`` (the intproxy's
+unix socket; without it the layer stays out of the way), ``MIRRORD_PROXY_TOKEN`` (the
+session's token, sent in the first frame) and ``MIRRORD_LAYER_SETTINGS`` (below). The CLI
+builds :class:`LayerSettings` from the user's config (``MirrordConfig.layer_contract``)
 and puts :meth:`LayerSettings.to_json` in the app's ``MIRRORD_LAYER_SETTINGS`` variable; the
 layer reads it back with :meth:`LayerSettings.from_json`. Standard library only: this runs
 inside the user's app.
@@ -54,6 +57,10 @@ __all__ = [
     "OutgoingSettings",
     "SettingsError",
 ]
+
+SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
+TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
+SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
 
 INCOMING_MODES = ("mirror", "steal", "off")
 FS_MODES = ("local", "localwithoverrides", "read", "write")
