@@ -42,8 +42,16 @@ class Layer:
         return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
 
     def install(self) -> None:
-        for family in self.families:
-            family.install()
+        """Every family, or none: one that fails to install undoes the ones before it."""
+        done: list[PatchFamily] = []
+        try:
+            for family in self.families:
+                family.install()
+                done.append(family)
+        except BaseException:
+            for family in reversed(done):
+                family.uninstall()
+            raise
         if not self._fork_hook:
             # only once: register_at_fork hooks cannot be removed
             os.register_at_fork(after_in_child=self._after_fork)
