@@ -9,7 +9,7 @@ settings stay with the CLI.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mirrord.settings.contract import (
     DnsSettings,
@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # the schema's root model imports this module
     from mirrord.config.schema.env import EnvConfig
     from mirrord.config.schema.feature import FeatureConfig
     from mirrord.config.schema.fs import FsConfig
+
+S = TypeVar("S", FsSettings, IncomingSettings)
 
 #: The old name of the contract's filter.
 FilterSpec = FilterSettings
@@ -62,14 +64,17 @@ def resolve_env(value: bool | EnvConfig | EnvSettings | None) -> EnvSettings:
     )
 
 
+def _short_form(value: bool | str | None, settings: type[S], off: str) -> S:
+    """A mode section written as true (defaults), false (mode `off`) or its mode string."""
+    if value is None or value is True:
+        return settings()
+    return settings(mode=off if value is False else value)  # type: ignore[call-arg]
+
+
 def resolve_fs(value: bool | str | FsConfig | None) -> FsSettings:
     """Normalise any form of ``feature.fs`` to :class:`FsSettings`."""
-    if value is None or value is True:
-        return FsSettings()
-    if value is False:
-        return FsSettings(mode="local")
-    if isinstance(value, str):
-        return FsSettings(mode=value)
+    if value is None or isinstance(value, bool | str):
+        return _short_form(value, FsSettings, off="local")
     return FsSettings(
         mode=value.mode or "read",
         read_write=list(value.read_write or []),
@@ -85,12 +90,8 @@ def resolve_incoming(feature: FeatureConfig) -> IncomingSettings:
     """``feature.network.incoming``: true is "mirror", false is "off"."""
     network = feature.network  # true/false set every section at once
     section = network if isinstance(network, bool) else network.incoming
-    if section is None or section is True:
-        return IncomingSettings()
-    if section is False:
-        return IncomingSettings(mode="off")
-    if isinstance(section, str):
-        return IncomingSettings(mode=section)
+    if section is None or isinstance(section, bool | str):
+        return _short_form(section, IncomingSettings, off="off")
     http_filter = section.http_filter
     return IncomingSettings(
         mode=section.mode or "mirror",

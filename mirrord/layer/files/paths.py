@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 from mirrord.layer.files.arguments import bind_access, bind_mkdir, bind_path, bind_rename, bind_stat
@@ -96,15 +97,11 @@ class PathCalls(Router):
         return RemoteScandir(entries)
 
     def _readlink(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        try:
-            path = bind_path(*args, **kwargs)
-        except TypeError:
-            return wrapped(*args, **kwargs)
-        where = self._where(path, False)
-        if where is None:
-            return wrapped(*args, **kwargs)
-        target = self.fs.readlink(where[1], path)
-        return target if where[2] else os.fsdecode(target)
+        def remote(where: tuple[str, str, bool], path: Any) -> Any:
+            target = self.fs.readlink(where[1], path)
+            return target if where[2] else os.fsdecode(target)
+
+        return self._on_path(wrapped, args, kwargs, False, remote)
 
     def _unlink(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return self._path_op(
@@ -124,15 +121,27 @@ class PathCalls(Router):
         )
 
     def _path_op(self, wrapped: Any, args: tuple, kwargs: dict, build: Any) -> Any:
+        """A write on one path (unlink, rmdir, mkdir): `build(remote, path)` is its request."""
+        return self._on_path(
+            wrapped,
+            args,
+            kwargs,
+            True,
+            lambda where, path: self.fs.done(build(where[1], path), path),
+        )
+
+    def _on_path(
+        self, wrapped: Any, args: tuple, kwargs: dict, write: bool, remote: Callable[..., Any]
+    ) -> Any:
+        """`remote(where, path)` when the call's path argument goes remote, else the call."""
         try:
             path = bind_path(*args, **kwargs)
         except TypeError:
             return wrapped(*args, **kwargs)
-        where = self._where(path, True)
+        where = self._where(path, write)
         if where is None:
             return wrapped(*args, **kwargs)
-        self.fs.done(build(where[1], path), path)
-        return None
+        return remote(where, path)
 
     def _rename(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         try:

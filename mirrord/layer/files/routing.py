@@ -44,24 +44,24 @@ class Router:
             cache[path] = found
         return found
 
-    def _where(self, value: Any, write: bool) -> tuple[str, str, bool] | None:
-        """(decision, remote path, given as bytes) unless the call stays local."""
+    def _decide(self, value: Any, write: bool) -> tuple[str, str, bool] | None:
+        """(decision, remote path, given as bytes); None for fds, non-paths, local paths."""
         path = path_of(value)
         if path is None:
             return None
         decision, remote = self.route(path[0], write)
-        if decision is LOCAL:
-            return None
-        if decision is NOT_FOUND:
+        return None if decision is LOCAL else (decision, remote, path[1])
+
+    def _where(self, value: Any, write: bool) -> tuple[str, str, bool] | None:
+        """(decision, remote path, given as bytes) unless the call stays local."""
+        found = self._decide(value, write)
+        if found is not None and found[0] is NOT_FOUND:
             raise os_error(errno.ENOENT, value)
-        return decision, remote, path[1]
+        return found
 
     def _where_or_missing(self, value: Any) -> str | None:
         """The remote path, None when local, NOT_FOUND when the policy hides it."""
-        path = path_of(value)
-        if path is None:
+        found = self._decide(value, True)
+        if found is None:
             return None
-        decision, remote = self.route(path[0], True)
-        if decision is LOCAL:
-            return None
-        return NOT_FOUND if decision is NOT_FOUND else remote
+        return NOT_FOUND if found[0] is NOT_FOUND else found[1]
