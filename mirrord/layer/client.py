@@ -37,14 +37,14 @@ _FD_SPACE = socket.CMSG_SPACE(16 * 4)
 
 
 class _Channel:
-    def __init__(self, path: str, token: str) -> None:
+    def __init__(self, path: str, token: str, name: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(REQUEST_TIMEOUT)
         self.codec = Codec()
         self.fds: list[int] = []
         try:
             self.sock.connect(path)
-            handshake = ClientHandshake(token, f"layer pid {os.getpid()}")
+            handshake = ClientHandshake(token, f"{name} pid {os.getpid()}")
             self.sock.sendall(encode(handshake.hello))
             handshake.receive(self.receive())
         except BaseException:
@@ -80,9 +80,12 @@ class _Channel:
 class ProxyClient:
     """Synchronous request/reply with the intproxy, safe across threads and fork()."""
 
-    def __init__(self, path: str, token: str) -> None:
+    def __init__(self, path: str, token: str, name: str = "layer") -> None:
+        """`name` tells the intproxy who we are: "layer" inside the app, "cli" for the
+        CLI's own requests (which do not show that the app's layer loaded)."""
         self.path = path
         self.token = token
+        self.name = name
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._pid = os.getpid()
@@ -95,7 +98,7 @@ class ProxyClient:
         channel: _Channel | None = getattr(self._local, "channel", None)
         if channel is None:
             try:
-                channel = _Channel(self.path, self.token)
+                channel = _Channel(self.path, self.token, self.name)
             except ProtocolError as exc:
                 raise ProxyUnavailable(
                     errno.ECONNREFUSED, f"mirrord: intproxy refused: {exc}"

@@ -44,6 +44,8 @@ class ProxyState:
     pass_fds: bool = True
     layers: int = 0
     ever_connected: bool = False
+    #: a layer of the app (not the CLI's own client) has connected
+    app_layer_seen: bool = False
     last_change: float = field(default_factory=time.monotonic)
 
 
@@ -159,6 +161,8 @@ async def handle_layer(state: ProxyState, stream: anyio.abc.ByteStream) -> None:
     try:
         with anyio.fail_after(10):
             client = await link.accept_handshake(state.token)
+        if not client.startswith("cli "):
+            state.app_layer_seen = True
         async with anyio.create_task_group() as tg:
             session = LayerSession(state, link, tg)
             try:

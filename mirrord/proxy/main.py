@@ -28,6 +28,8 @@ PROXY_TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
 GRACE = 0.5
 #: With no layer ever connected and no pid to watch, give up after this long.
 FIRST_LAYER_TIMEOUT = 60.0
+#: A program that ran this long without any layer connecting gets the user's warning.
+NO_LAYER_AFTER = 3.0
 
 
 async def connect_agent(address: str) -> anyio.abc.ByteStream:
@@ -56,6 +58,24 @@ async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
             return
 
 
+async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, text: str) -> None:
+    """One line for the user when the program runs on and nothing of it reaches us."""
+    try:
+        await anyio.sleep(NO_LAYER_AFTER)
+        if state.app_layer_seen or (app_pid is not None and process_start(app_pid) is None):
+            return
+        line = (
+            f"mirrord: warning: no mirrord layer connected within {NO_LAYER_AFTER:.0f}s, so "
+            f"the program's traffic does not go through the target: {text}\n"
+        )
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass
+    finally:
+        os.close(fd)  # whoever reads the user's stderr must not wait for us to exit
+
+
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
     with anyio.fail_after(30):
@@ -80,6 +100,10 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         finally:
             os.umask(old)
         tg.start_soon(listener.serve, lambda s: handle_layer(state, s))
+        if args.warn_fd is not None and args.no_layer_warning:
+            tg.start_soon(
+                warn_without_layer, state, args.watch_pid, args.warn_fd, args.no_layer_warning
+            )
         announce_ready(socket=args.socket)
         await watch_lifetime(state, args.watch_pid)
         log.info("the app is gone: exiting")
@@ -102,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         help="always relay bytes, even when the agent could hand over its sockets",
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--warn-fd", type=int, help="the user's stderr, for warnings")
+    parser.add_argument("--no-layer-warning", help="why no layer may connect, if none does")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
