@@ -293,3 +293,18 @@ def test_bad_settings_leave_the_app_running(tmp_path: Path) -> None:
 def test_contract_imports_only_the_standard_library() -> None:
     loaded = modules_loaded("import mirrord.settings.contract", ("pydantic", "msgpack", "wrapt"))
     assert loaded == []
+
+
+def test_the_layer_compiles_its_lookups_from_the_contract(tmp_path: Path) -> None:
+    from mirrord.layer.context import Rules
+
+    path = tmp_path / "mirrord.json"
+    path.write_text(json.dumps(SHAPES[3][0]))  # steal with a filter and port maps
+    rules = Rules(LayerSettings.from_json(load_config(path, env={}).layer_contract().to_json()))
+    assert rules.incoming.port_mapping == {8000: 80} and rules.incoming.listen_ports == {80: 8081}
+    assert rules.incoming.ports == frozenset({80, 81}) and 9999 in rules.incoming.ignore_ports
+    assert json.loads(rules.incoming.http_filter) == STEAL["http_filter"]
+    assert not rules.remote_dns and rules.dns_filter is None
+    assert rules.outgoing_filter.is_remote("tcp", "198.18.0.1", 80)
+    # no HTTP filter at all is the empty string the wire carries for "none"
+    assert Rules(LayerSettings()).incoming.http_filter == ""
