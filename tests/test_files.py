@@ -219,7 +219,7 @@ def test_big_file_streams_and_hashes(lab: Lab, tmp_path: Path) -> None:
     """
     seen = last_json(run_app(target(lab), code, tmp_path=tmp_path))
     expected = rf.big_file_sha256()
-    assert seen["type"] == "_RemoteReader"  # streamed, not loaded before the first read
+    assert seen["type"] == "RemoteReader"  # streamed, not loaded before the first read
     assert seen["chunked"] == seen["whole"] == seen["mmap"] == seen["os_open"] == expected
     assert seen["tell"] == 1_000_008 and seen["fstat"] == rf.BIG_SIZE
     assert seen["after_fileno"] and seen["mmap_mid"] and seen["mmap_tail"]
