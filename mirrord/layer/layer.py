@@ -15,14 +15,18 @@ from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
+from mirrord.settings import debugger
 from mirrord.settings.contract import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV, LayerSettings
+from mirrord.settings.debugger import DebuggerPorts
 
 __all__ = ["SETTINGS_ENV", "SOCKET_ENV", "TOKEN_ENV", "Layer"]
 
 
 class Layer:
-    def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
-        self.context = Context(settings, client)
+    def __init__(
+        self, settings: LayerSettings, client: ProxyClient, debugger: DebuggerPorts | None = None
+    ) -> None:
+        self.context = Context(settings, client, debugger)
         dns = DnsPatches(self.context)
         self.families: list[PatchFamily] = [
             dns,
@@ -38,8 +42,12 @@ class Layer:
         path = env.get(SOCKET_ENV)
         if not path:
             return None
+        argv = _command_line()
+        if debugger.is_debugger_helper(argv):
+            return None  # a debugger's own process: the developer's, never the target's
         settings = LayerSettings.from_json(env.get(SETTINGS_ENV, ""))
-        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
+        ports = debugger.from_process(argv, os.environ)
+        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")), ports)
 
     def install(self) -> None:
         """Every family, or none: one that fails to install undoes the ones before it."""
@@ -68,3 +76,13 @@ class Layer:
                 self.context.client.connect()
             except OSError:
                 pass  # reported when the child first needs the intproxy
+
+
+def _command_line() -> list[str]:
+    """The process's real argv (sys.argv is not complete yet while site runs)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [word.decode(errors="replace") for word in raw.split(b"\0")[:-1]]
