@@ -240,7 +240,6 @@ def _frame(payload: dict) -> bytes:
     [
         (_frame({"t": "no_such_message", "req": 1}), "protocol"),
         (_frame({"t": "get_env", "req": "one"}), "protocol"),
-        (encode(Pong(seq=1)), "unexpected"),  # known, but not something a layer sends
         (struct.pack(">I", 1 << 31), "too_large"),  # a length far above the frame limit
     ],
 )
@@ -256,6 +255,22 @@ def test_a_bad_frame_from_a_layer_gets_an_error(
     other = intproxy.greeted_layer()
     other.send(GetEnv(req=1))
     assert isinstance(other.receive(), Env)
+
+
+def test_a_frame_that_does_not_belong_on_the_layer_link_is_refused(
+    intproxy: Intproxy, agent: FakeAgent
+) -> None:
+    layer = intproxy.greeted_layer()
+    layer.send(Pong(seq=1))  # not a request: dropped
+    layer.send(Env(req=9, env={}))  # a reply the agent sends, not a layer: refused by id
+    reply = layer.receive()
+    assert isinstance(reply, RequestFailed) and reply.req == 9, reply
+    assert "does not take env" in reply.message
+    # neither reached the agent, and the layer's link goes on
+    assert agent.requests(Env) == [] and agent.requests(Pong) == []
+    layer.send(GetEnv(req=2))
+    reply = layer.receive()
+    assert isinstance(reply, Env) and reply.req == 2
 
 
 def test_requests_fail_cleanly_when_the_agent_dies(intproxy: Intproxy, agent: FakeAgent):
