@@ -88,8 +88,8 @@ class Session:
     def activate(self) -> None:
         """Route this process's DNS, connections and listeners through the target."""
         from mirrord.layer.client import ProxyClient
-        from mirrord.layer.context import LayerSettings
         from mirrord.layer.layer import Layer
+        from mirrord.settings.contract import LayerSettings
 
         self.start()
         assert self._running is not None
