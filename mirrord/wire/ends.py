@@ -72,6 +72,7 @@ class SocketEnd(asyncio.Protocol):
         self.written = 0
         self.delivered = 0
         self.waiting_for_credit = False
+        self.reading_paused = False
         self.link_congested = mux.congested
         self.app_full = False
         self.done = False
@@ -183,10 +184,13 @@ class SocketEnd(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.done:
             return
-        if self.waiting_for_credit or self.link_congested:
-            self.transport.pause_reading()
-        else:
-            self.transport.resume_reading()
+        paused = self.waiting_for_credit or self.link_congested
+        if paused != self.reading_paused:  # (a call per chunk would be wasted)
+            self.reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def _grant(self) -> None:
         assert self.transport is not None
