@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mirrord.errors import MirrordError
+from mirrord.errors import MirrordError, NotRoot, TargetNotFound
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn_ready
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
@@ -71,9 +71,9 @@ def check_target(target: str) -> LocalTarget:
     try:
         parsed = LocalTarget.parse(target)
     except TargetError as exc:
-        raise MirrordError(str(exc)) from None
+        raise TargetNotFound(str(exc)) from None
     if parsed.kind != "targetless" and os.geteuid() != 0:
-        raise MirrordError(f"target {target} needs root to enter its namespaces: run with sudo")
+        raise NotRoot(f"target {target} needs root to enter its namespaces: run with sudo")
     return parsed
 
 

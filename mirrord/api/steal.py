@@ -1,0 +1,154 @@
+"""Stolen requests answered by a WSGI or ASGI callable in this process.
+
+The callable is served by uvicorn in a thread (WSGI through a2wsgi), on a loopback port of its own; a steal
+subscription sends it what the target's port receives (all of it, or the requests an
+HTTP filter picks, the rest still going to the target). The callable sees the real
+client in `REMOTE_ADDR` / `scope["client"]`, as an app under mirrord does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from mirrord.api.remote import OwnedClient
+from mirrord.errors import MirrordError
+from mirrord.layer.client import ProxyUnavailable
+from mirrord.protocol import ConnInfo, ConnInfoReply, RequestFailed, Subscribe, Unsubscribe
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+Origin = Callable[[tuple[str, int]], tuple[str, int]]
+
+
+def is_asgi(handler: Any) -> bool:
+    """ASGI apps are coroutine functions or objects with an async __call__ (as uvicorn
+    tells them apart); anything else callable is taken for WSGI."""
+    call = handler if inspect.isfunction(handler) else getattr(handler, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(handler)
+
+
+def _with_origin(app: Any, origin: Origin) -> Any:
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket") and scope.get("client"):
+            scope = {**scope, "client": origin(tuple(scope["client"]))}
+        await app(scope, receive, send)
+
+    return asgi
+
+
+class _Server:
+    """uvicorn on 127.0.0.1:<free port>, in a daemon thread, until stop()."""
+
+    def __init__(self, app: Any, lifespan: Literal["auto", "off"]) -> None:
+        import uvicorn
+
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            interface="asgi3",
+            loop="asyncio",
+            lifespan=lifespan,
+            log_config=None,  # leave this process's logging as it is
+            log_level="warning",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            self._thread.join(0.02)
+        if not self._server.started:
+            self.stop()
+            raise MirrordError("the steal handler's server did not start (see the log above)")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(STOP_TIMEOUT)
+        self.sock.close()
+
+
+class Steal:
+    """A steal subscription whose requests `handler` answers (a context manager)."""
+
+    def __init__(
+        self,
+        client: OwnedClient,
+        port: int,
+        handler: Any,
+        *,
+        http_filter: Mapping[str, Any] | None = None,
+        interface: str = "auto",
+        on_close: Callable[[Steal], None] = lambda steal: None,
+    ) -> None:
+        if interface not in ("auto", "wsgi", "asgi"):
+            raise ValueError(f"interface must be auto, wsgi or asgi, not {interface!r}")
+        asgi = interface == "asgi" or (interface == "auto" and is_asgi(handler))
+        if not asgi:
+            from a2wsgi import WSGIMiddleware
+
+            handler = WSGIMiddleware(handler)
+        self.port = port
+        self.http_filter = dict(http_filter or {})
+        self._client = client
+        self._on_close = on_close
+        self._closed = False
+        self._server = _Server(_with_origin(handler, self._origin), "auto" if asgi else "off")
+        try:
+            reply = client.request(
+                Subscribe(
+                    req=0,
+                    port=port,
+                    mode="steal",
+                    http_filter=json.dumps(self.http_filter) if self.http_filter else "",
+                    local_host="127.0.0.1",
+                    local_port=self._server.port,
+                    want_fd=False,  # uvicorn accepts by itself: bytes are relayed to it
+                )
+            )
+        except ProxyUnavailable as exc:
+            self._shut()
+            raise MirrordError(f"cannot steal port {port}: {exc}") from None
+        if isinstance(reply, RequestFailed):
+            self._shut()
+            raise MirrordError(f"cannot steal port {port}: {reply.message}")
+
+    def _origin(self, local: tuple[str, int]) -> tuple[str, int]:
+        try:
+            reply = self._client.request(
+                ConnInfo(req=0, listen_port=self._server.port, peer_port=local[1])
+            )
+        except ProxyUnavailable:
+            return local
+        if isinstance(reply, ConnInfoReply):
+            return (reply.remote_host, reply.remote_port)
+        return local  # a connection from this machine, not from the target
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.notify(Unsubscribe(port=self.port))
+        except OSError:
+            pass
+        self._shut()
+        self._on_close(self)
+
+    def _shut(self) -> None:
+        self._client.close()
+        self._server.stop()
+
+    def __enter__(self) -> Steal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
