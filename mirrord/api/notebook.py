@@ -129,14 +129,19 @@ def _other_netns_pids(limit: int = 50) -> list[str]:
 
 
 def complete(_shell: Any, event: Any) -> list[str]:
+    """IPython's custom completer hook: commands, then targets after `connect`."""
     words = event.line.split()
-    typing = 0 if event.line.endswith(" ") else 1  # the last word is being typed
-    position = len(words) - typing  # of the word being completed, %mirrord being 0
+    typed = "" if event.line.endswith(" ") else words[-1]
+    position = len(words) - (1 if typed else 0)  # of the word being completed
     if position == 1:
-        return list(COMMANDS)
-    if position == 2 and words[1] == "connect":
-        return targets()
-    return []
+        found = list(COMMANDS)
+    elif position == 2 and words[1] == "connect":
+        found = targets()
+    else:
+        return []
+    # IPython completes the text after its last delimiter ("/" is one): give that part
+    cut = len(typed) - len(event.symbol)
+    return [name[cut:] for name in found if name.startswith(typed)]
 
 
 def load_ipython_extension(ipython: Any) -> None:
