@@ -27,7 +27,7 @@ COLUMNS = ("time", "client", "method", "path", "status", "size")
 _STYLE = (
     "border-collapse:collapse;font-family:ui-monospace,monospace;font-size:12px;text-align:left"
 )
-_CELL = "padding:2px 10px;border-bottom:1px solid #ddd"
+_CELL = "padding:2px 10px;border-bottom:1px solid #ddd;text-align:left"
 
 
 class Live:
