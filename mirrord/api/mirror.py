@@ -24,8 +24,7 @@ from mirrord.api.remote import OwnedClient
 from mirrord.errors import ConfigInvalid, MirrordError
 from mirrord.http.head import RequestHead
 from mirrord.http.split import NotHttp, RequestSplitter
-from mirrord.layer.client import ProxyUnavailable
-from mirrord.protocol import ConnInfo, ConnInfoReply, RequestFailed, Subscribe, Unsubscribe
+from mirrord.protocol import Unsubscribe
 
 #: How many copies a Mirror keeps for a reader that does not keep up.
 DEFAULT_BUFFER = 10_000
@@ -83,24 +82,11 @@ class MirrorFeed:
         self._conns: set[socket.socket] = set()
         self._numbers = itertools.count(1)
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        try:
-            reply = client.request(
-                Subscribe(
-                    req=0,
-                    port=port,
-                    mode="mirror",
-                    http_filter="",  # each Mirror applies its own
-                    local_host="127.0.0.1",
-                    local_port=self._listener.getsockname()[1],
-                    want_fd=False,
-                )
-            )
-        except ProxyUnavailable as exc:
+        try:  # (each Mirror applies its own HTTP filter)
+            client.subscribe(port, "mirror", "", self._listener.getsockname()[1])
+        except MirrordError:
             self._shut()
-            raise MirrordError(f"cannot mirror port {port}: {exc}") from None
-        if isinstance(reply, RequestFailed):
-            self._shut()
-            raise MirrordError(f"cannot mirror port {port}: {reply.message}")
+            raise
         threading.Thread(target=self._accept, name=f"mirror :{port}", daemon=True).start()
 
     def add(self, reader: Mirror) -> None:
@@ -134,17 +120,8 @@ class MirrorFeed:
             ).start()
 
     def _origin(self, peer_port: int) -> tuple[str, int]:
-        """The target's client behind the intproxy's connection to us."""
         listen_port = self._listener.getsockname()[1]
-        try:
-            reply = self._client.request(
-                ConnInfo(req=0, listen_port=listen_port, peer_port=peer_port)
-            )
-        except ProxyUnavailable:
-            return ("", 0)
-        if isinstance(reply, ConnInfoReply):
-            return (reply.remote_host, reply.remote_port)
-        return ("", 0)
+        return self._client.origin(listen_port, peer_port) or ("", 0)
 
     def _read(self, conn: socket.socket, client: tuple[str, int], number: int) -> None:
         splitter: RequestSplitter | None = RequestSplitter()
@@ -164,6 +141,9 @@ class MirrorFeed:
                         continue
                 if data:
                     self._publish(_Capture(Chunk(number, client, now, data), None))
+            if splitter is not None and (rest := splitter.leftover()):
+                # the client ended in the middle of what looked like HTTP: bytes after all
+                self._publish(_Capture(Chunk(number, client, datetime.now(UTC), rest), None))
         except OSError:
             pass
         finally:

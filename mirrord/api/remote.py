@@ -17,6 +17,8 @@ from mirrord.protocol import (
     Connect,
     Connected,
     ConnectedFd,
+    ConnInfo,
+    ConnInfoReply,
     FileClose,
     FileData,
     FileEntries,
@@ -30,6 +32,7 @@ from mirrord.protocol import (
     RequestFailed,
     Resolve,
     Resolved,
+    Subscribe,
 )
 from mirrord.protocol.files import MAX_FILE_CHUNK, STAT_FIELDS
 
@@ -43,6 +46,37 @@ class OwnedClient(ProxyClient):
 
     def close(self) -> None:
         self.after_fork()  # closes every channel and forgets it
+
+    def subscribe(self, port: int, mode: str, http_filter: str, local_port: int) -> None:
+        """Have the target's `port` (mirror or steal) delivered to 127.0.0.1:local_port;
+        the bytes are relayed to it (whoever listens there accepts for itself)."""
+        what = f"cannot {mode} port {port}"
+        msg = Subscribe(
+            req=0,
+            port=port,
+            mode=mode,
+            http_filter=http_filter,
+            local_host="127.0.0.1",
+            local_port=local_port,
+            want_fd=False,
+        )
+        try:
+            reply = self.request(msg)
+        except ProxyUnavailable as exc:
+            raise MirrordError(f"{what}: {exc}") from None
+        if isinstance(reply, RequestFailed):
+            raise MirrordError(f"{what}: {reply.message}")
+
+    def origin(self, listen_port: int, peer_port: int) -> tuple[str, int] | None:
+        """The target's client behind the intproxy's connection from `peer_port` to our
+        listener on `listen_port`; None for a connection that is not the intproxy's."""
+        try:
+            reply = self.request(ConnInfo(req=0, listen_port=listen_port, peer_port=peer_port))
+        except ProxyUnavailable:
+            return None
+        if isinstance(reply, ConnInfoReply):
+            return (reply.remote_host, reply.remote_port)
+        return None
 
     def ask(self, msg: Message, expected: type[M], what: str) -> M:
         """One request; a failure of the target is the OSError a local call raises."""

@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from mirrord.api.remote import OwnedClient
 from mirrord.errors import MirrordError
-from mirrord.layer.client import ProxyUnavailable
-from mirrord.protocol import ConnInfo, ConnInfoReply, RequestFailed, Subscribe, Unsubscribe
+from mirrord.protocol import Unsubscribe
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -102,35 +101,16 @@ class Steal:
         self._on_close = on_close
         self._closed = False
         self._server = _Server(_with_origin(handler, self._origin), "auto" if asgi else "off")
+        filter_json = json.dumps(self.http_filter) if self.http_filter else ""
         try:
-            reply = client.request(
-                Subscribe(
-                    req=0,
-                    port=port,
-                    mode="steal",
-                    http_filter=json.dumps(self.http_filter) if self.http_filter else "",
-                    local_host="127.0.0.1",
-                    local_port=self._server.port,
-                    want_fd=False,  # uvicorn accepts by itself: bytes are relayed to it
-                )
-            )
-        except ProxyUnavailable as exc:
+            client.subscribe(port, "steal", filter_json, self._server.port)
+        except MirrordError:
             self._shut()
-            raise MirrordError(f"cannot steal port {port}: {exc}") from None
-        if isinstance(reply, RequestFailed):
-            self._shut()
-            raise MirrordError(f"cannot steal port {port}: {reply.message}")
+            raise
 
     def _origin(self, local: tuple[str, int]) -> tuple[str, int]:
-        try:
-            reply = self._client.request(
-                ConnInfo(req=0, listen_port=self._server.port, peer_port=local[1])
-            )
-        except ProxyUnavailable:
-            return local
-        if isinstance(reply, ConnInfoReply):
-            return (reply.remote_host, reply.remote_port)
-        return local  # a connection from this machine, not from the target
+        # a connection from this machine rather than from the target keeps its own address
+        return self._client.origin(self._server.port, local[1]) or local
 
     def close(self) -> None:
         if self._closed:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import h11
 
 from mirrord.http.head import RequestHead, buffered_bytes
+from mirrord.http.sniff import sniff
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class RequestSplitter:
     def feed(self, data: bytes) -> list[WholeRequest]:
         """The requests that `data` completes; NotHttp when the stream is something else."""
         self._pending += data
+        # before a head is whole, its first line already tells another protocol
+        if self._head is None and sniff(self._pending) is False:
+            raise NotHttp("not an HTTP/1.x request line")
         self._conn.receive_data(data)
         done: list[WholeRequest] = []
         while True:
