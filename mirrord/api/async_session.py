@@ -1,4 +1,4 @@
-"""`mirrord.AsyncSession`: the Session for anyio code (asyncio or trio).
+"""`mirrord.AsyncSession`: the Session for async code, with anyio.
 
     async with mirrord.AsyncSession(target="netns/staging") as s:
         await s.get("http://inventory:8080/items")

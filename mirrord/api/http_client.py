@@ -19,6 +19,8 @@ import httpcore
 import httpx
 
 Connector = Callable[[tuple[str, int], float | None], socket.socket]
+#: httpx's own defaults for a client's pool
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 @contextmanager
@@ -102,9 +104,18 @@ class _FromTarget(httpcore.NetworkBackend):
 class TargetTransport(httpx.BaseTransport):
     """An httpx transport whose connections leave from the target."""
 
-    def __init__(self, connect: Connector, verify: ssl.SSLContext | str | bool = True) -> None:
+    def __init__(
+        self,
+        connect: Connector,
+        verify: ssl.SSLContext | str | bool = True,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._pool = httpcore.ConnectionPool(
-            ssl_context=_ssl_context(verify), network_backend=_FromTarget(connect)
+            ssl_context=_ssl_context(verify),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_FromTarget(connect),
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -169,6 +180,9 @@ def _ssl_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
 
 
 def target_client(connect: Connector, **options: Any) -> httpx.Client:
-    """An httpx.Client from the target; `verify` as httpx takes it, the rest goes to httpx."""
-    verify = options.pop("verify", True)
-    return httpx.Client(transport=TargetTransport(connect, verify), **options)
+    """An httpx.Client from the target; `verify` and `limits` as httpx takes them (they
+    shape the transport, which httpx leaves to us), the rest goes to httpx.Client."""
+    transport = TargetTransport(
+        connect, options.pop("verify", True), options.pop("limits", DEFAULT_LIMITS)
+    )
+    return httpx.Client(transport=transport, **options)
