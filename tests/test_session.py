@@ -120,6 +120,12 @@ def test_session_resolves_connects_and_speaks_http_from_the_target(
         assert tls["service"] == "backend-tls" and tls["path"] == "/secure"
         with pytest.raises(httpx.ConnectError):
             staging.get("http://nowhere.staging.svc/")
+        # the pool is httpx's: connections kept by default, or not, as `limits` says
+        ports = [staging.get(f"{BACKEND}/").json()["client_port"] for _ in range(2)]
+        assert ports[0] == ports[1]
+        with staging.http_client(limits=httpx.Limits(max_keepalive_connections=0)) as fresh:
+            ports = [fresh.get(f"{BACKEND}/").json()["client_port"] for _ in range(2)]
+        assert ports[0] != ports[1]
     # nothing of this process was patched meanwhile
     with pytest.raises(socket.gaierror):
         socket.getaddrinfo("backend.staging.svc", 8080)

@@ -13,6 +13,8 @@ import socket
 import pytest
 from inventory import fetch_inventory
 
+import mirrord
+
 
 @pytest.mark.mirrord  # the target comes from --mirrord-target or pytest.ini
 def test_checkout_against_staging() -> None:
@@ -23,13 +25,13 @@ def test_checkout_against_staging() -> None:
 
 
 @pytest.mark.mirrord(feature={"env": {"exclude": "SECRET_*"}})  # any mirrord config key
-def test_secrets_stay_in_staging(mirrord_session) -> None:  # type: ignore[no-untyped-def]
+def test_secrets_stay_in_staging(mirrord_session: mirrord.Session) -> None:
     assert "SECRET_TOKEN" not in os.environ
     settings = mirrord_session.read_text("/srv/app/config/settings.yaml")
     assert "db.staging.svc" in settings
 
 
-def test_session_without_activation(mirrord_session) -> None:  # type: ignore[no-untyped-def]
+def test_session_without_activation(mirrord_session: mirrord.Session) -> None:
     # no marker: the session answers questions, this process stays local
     assert mirrord_session.resolve("backend.staging.svc")
     with pytest.raises(socket.gaierror):
