@@ -61,8 +61,8 @@ class Session:
     ) -> None:
         """`config` is a mirrord.json path or its content as a dict; `keys` are its top
         keys (`feature={...}`, `agent={...}`) and `overrides` dotted ones
-        (`{"feature.env.exclude": "SECRET_*"}`). `target`, then `overrides`, then `keys`
-        win over the file."""
+        (`{"feature.env.exclude": "SECRET_*"}`). Each wins over the one before: the
+        config (or `config_file`), `MIRRORD_*` variables, `overrides`, `keys`, `target`."""
         if isinstance(config, Mapping):
             settings: dict[str, Any] = dict(config)
         else:
