@@ -582,9 +582,16 @@ def _data_frame_with_payload(size: int) -> tuple[Data, bytes]:
     """A Data message whose frame payload is exactly `size` bytes."""
     overhead = len(encode(Data(conn=0, data=b"x" * 70_000))) - 4 - 70_000  # bin32 header
     msg = Data(conn=0, data=b"\xab" * (size - overhead))
-    wire = encode(msg)
+    wire = encode(msg, max_frame=size)  # a peer that ignores the limit sends such frames
     assert len(wire) - 4 == size
     return msg, wire
+
+
+def test_a_sender_refuses_a_frame_over_the_limit() -> None:
+    msg, _ = _data_frame_with_payload(MAX_FRAME + 1)
+    with pytest.raises(ProtocolError) as exc:
+        encode(msg)
+    assert exc.value.code == "too_large"
 
 
 def test_frame_exactly_at_the_limit_is_accepted() -> None:

@@ -21,7 +21,7 @@ from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession, Feature
 from mirrord.protocol import IncomingConnection, IncomingFd, Subscribe, Subscribed, Unsubscribe
-from mirrord.wire.mux import Pipe, TcpPipe, splice
+from mirrord.wire.mux import Pipe, splice
 
 log = logging.getLogger("mirrord.agent")
 SO_ORIGINAL_DST = 80
@@ -155,10 +155,11 @@ class StealService:
             await hand_over(whole[0].session, conn, target, peer)
             return
         conn.setblocking(False)
-        stream = await anyio.abc.SocketStream.from_socket(conn)
         if whole:
-            await deliver(whole[0].session, TcpPipe(stream), target, peer, "steal")
-        elif stealers:
+            await deliver(whole[0].session, conn, target, peer, "steal")
+            return
+        stream = await anyio.abc.SocketStream.from_socket(conn)
+        if stealers:
             await self._filtered(stream, stealers, target, peer)
         else:
             await self._pass_through(stream, target)
@@ -186,13 +187,7 @@ class StealService:
                 if stealer.http_filter.matches(head.method, head.path, head.headers):
                     # a socket pair: one end for the HTTP engine, the other relayed to the app
                     ours, theirs = socket.socketpair()
-                    await deliver(
-                        stealer.session,
-                        TcpPipe(await anyio.abc.SocketStream.from_socket(theirs)),
-                        target,
-                        peer,
-                        "steal",
-                    )
+                    await deliver(stealer.session, theirs, target, peer, "steal")
                     return await anyio.abc.SocketStream.from_socket(ours)
             return None
 
@@ -317,9 +312,13 @@ class MirrorService:
 
 
 async def deliver(
-    session: ClientSession, pipe: Pipe, target: tuple[str, int], peer: tuple[str, int], mode: str
+    session: ClientSession,
+    end: Pipe | socket.socket,
+    target: tuple[str, int],
+    peer: tuple[str, int],
+    mode: str,
 ) -> None:
-    """Announce an incoming connection to a client, then relay it."""
+    """Announce an incoming connection to a client, then relay it (a socket as it is)."""
     conn = session.state.new_conn_id()
     await session.link.send(
         IncomingConnection(
@@ -332,7 +331,10 @@ async def deliver(
             local_port=target[1],
         )
     )
-    session.mux.attach(conn, pipe)
+    if isinstance(end, socket.socket):
+        await session.mux.attach_socket(conn, end)
+    else:
+        session.mux.attach(conn, end)
 
 
 async def hand_over(

@@ -9,6 +9,7 @@ backlog; the target answers its clients as always.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +25,6 @@ from mirrord.api.remote import OwnedClient
 from mirrord.errors import ConfigInvalid, MirrordError
 from mirrord.http.head import RequestHead
 from mirrord.http.split import NotHttp, RequestSplitter
-from mirrord.protocol import Unsubscribe
 
 #: How many copies a Mirror keeps for a reader that does not keep up.
 DEFAULT_BUFFER = 10_000
@@ -82,8 +82,9 @@ class MirrorFeed:
         self._conns: set[socket.socket] = set()
         self._numbers = itertools.count(1)
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._inode = os.fstat(self._listener.fileno()).st_ino
         try:  # (each Mirror applies its own HTTP filter)
-            client.subscribe(port, "mirror", "", self._listener.getsockname()[1])
+            client.subscribe(port, "mirror", "", self._listener)
         except MirrordError:
             self._shut()
             raise
@@ -152,10 +153,8 @@ class MirrorFeed:
             conn.close()
 
     def close(self) -> None:
-        try:
-            self._client.notify(Unsubscribe(port=self.port))
-        except OSError:
-            pass
+        self._listener.close()
+        self._client.release(self._inode)
         self._shut()
         with self._lock:
             conns, self._conns = list(self._conns), set()

@@ -28,6 +28,8 @@ from mirrord.protocol import (
     FileRead,
     FileStat,
     FileStatResult,
+    ListenerClosed,
+    ListenerInfo,
     Message,
     RequestFailed,
     Resolve,
@@ -40,16 +42,16 @@ M = TypeVar("M", bound=Message)
 
 
 class OwnedClient(ProxyClient):
-    """A ProxyClient whose channels end when it is closed. The intproxy ties what a
-    channel subscribed to that channel, so closing it ends the subscription even when
-    no Unsubscribe gets through."""
+    """A ProxyClient for one job of the session (its requests, a subscription), whose
+    channels end when it is closed."""
 
     def close(self) -> None:
         self.after_fork()  # closes every channel and forgets it
 
-    def subscribe(self, port: int, mode: str, http_filter: str, local_port: int) -> None:
-        """Have the target's `port` (mirror or steal) delivered to 127.0.0.1:local_port;
-        the bytes are relayed to it (whoever listens there accepts for itself)."""
+    def subscribe(self, port: int, mode: str, http_filter: str, listener: socket.socket) -> None:
+        """Have the target's `port` (mirror or steal) delivered to `listener`, on
+        127.0.0.1; the bytes are relayed to it (whoever listens there accepts by itself).
+        The subscription lasts as long as that socket: close it, then `release` it."""
         what = f"cannot {mode} port {port}"
         msg = Subscribe(
             req=0,
@@ -57,8 +59,9 @@ class OwnedClient(ProxyClient):
             mode=mode,
             http_filter=http_filter,
             local_host="127.0.0.1",
-            local_port=local_port,
+            local_port=listener.getsockname()[1],
             want_fd=False,
+            listener=os.fstat(listener.fileno()).st_ino,
         )
         try:
             reply = self.request(msg)
@@ -66,6 +69,15 @@ class OwnedClient(ProxyClient):
             raise MirrordError(f"{what}: {exc}") from None
         if isinstance(reply, RequestFailed):
             raise MirrordError(f"{what}: {reply.message}")
+
+    def release(self, inode: int) -> None:
+        """Our listener with this inode is closed: the intproxy ends its subscription now
+        (the question after it returns once that is done) rather than at its next sweep."""
+        try:
+            self.notify(ListenerClosed(listener=inode))
+            self.request(ListenerInfo(req=0, listener=inode))
+        except ProxyUnavailable:
+            pass  # the intproxy is gone, and the subscription with it
 
     def origin(self, listen_port: int, peer_port: int) -> tuple[str, int] | None:
         """The target's client behind the intproxy's connection from `peer_port` to our
@@ -147,7 +159,8 @@ class TargetIO:
     def _connect_to(self, ip: str, port: int, timeout: float | None) -> socket.socket:
         what = f"connect to {ip}:{port}"
         reply, fd = self.client.ask_fd(
-            Connect(req=0, proto="tcp", host=ip, port=port, want_fd=True), what
+            Connect(req=0, proto="tcp", host=ip, port=port, want_fd=True, nonblocking=False),
+            what,
         )
         if isinstance(reply, ConnectedFd) and fd is not None:
             sock = socket.socket(fileno=fd)  # connected in the target's namespace

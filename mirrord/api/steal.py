@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -17,7 +18,6 @@ from typing import Any, Literal
 
 from mirrord.api.remote import OwnedClient
 from mirrord.errors import MirrordError
-from mirrord.protocol import Unsubscribe
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -49,6 +49,7 @@ class _Server:
 
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port: int = self.sock.getsockname()[1]
+        self.inode = os.fstat(self.sock.fileno()).st_ino
         config = uvicorn.Config(
             app,
             interface="asgi3",
@@ -103,7 +104,7 @@ class Steal:
         self._server = _Server(_with_origin(handler, self._origin), "auto" if asgi else "off")
         filter_json = json.dumps(self.http_filter) if self.http_filter else ""
         try:
-            client.subscribe(port, "steal", filter_json, self._server.port)
+            client.subscribe(port, "steal", filter_json, self._server.sock)
         except MirrordError:
             self._shut()
             raise
@@ -116,16 +117,13 @@ class Steal:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._client.notify(Unsubscribe(port=self.port))
-        except OSError:
-            pass
         self._shut()
         self._on_close(self)
 
     def _shut(self) -> None:
+        self._server.stop()  # its listening socket is closed...
+        self._client.release(self._server.inode)  # ...and so the subscription ends
         self._client.close()
-        self._server.stop()
 
     def __enter__(self) -> Steal:
         return self

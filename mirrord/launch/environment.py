@@ -9,7 +9,8 @@ from mirrord.config import MirrordConfig
 from mirrord.config.env_file import EnvFileError, read_env_file
 from mirrord.config.env_select import select_env, without_unset
 from mirrord.errors import MirrordError
-from mirrord.launch.start import RunningSession, python_path_with_hook
+from mirrord.launch.hook import python_path_with_hook
+from mirrord.launch.start import RunningSession
 
 
 def read_file_vars(cfg: MirrordConfig) -> dict[str, str]:

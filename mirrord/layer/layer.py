@@ -16,6 +16,8 @@ from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
+from mirrord.settings import debugger
+from mirrord.settings.debugger import DebuggerPorts
 
 SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
 TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
@@ -23,8 +25,10 @@ SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
 
 
 class Layer:
-    def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
-        self.context = Context(settings, client)
+    def __init__(
+        self, settings: LayerSettings, client: ProxyClient, debugger: DebuggerPorts | None = None
+    ) -> None:
+        self.context = Context(settings, client, debugger)
         dns = DnsPatches(self.context)
         self.families: list[PatchFamily] = [
             dns,
@@ -40,8 +44,12 @@ class Layer:
         path = env.get(SOCKET_ENV)
         if not path:
             return None
+        argv = _command_line()
+        if debugger.is_debugger_helper(argv):
+            return None  # a debugger's own process: the developer's, never the target's
         settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
-        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
+        ports = debugger.from_process(argv, os.environ)
+        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")), ports)
 
     def install(self) -> None:
         for family in self.families:
@@ -62,3 +70,13 @@ class Layer:
                 self.context.client.connect()
             except OSError:
                 pass  # reported when the child first needs the intproxy
+
+
+def _command_line() -> list[str]:
+    """The process's real argv (sys.argv is not complete yet while site runs)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [word.decode(errors="replace") for word in raw.split(b"\0")[:-1]]
