@@ -209,7 +209,10 @@ def test_session_steal_answers_with_wsgi_and_asgi_callables(lab: Lab) -> None:
             }
             assert client.get(f"{lab.service_url}/a", timeout=10).text == "staging-service"
             assert "MIRRORD_" in nat_rules(lab)
-        # (a connection the agent held ends with its steal: a new one)
+        # the agent drops its rules with our subscription (and a connection it held: a
+        # new one). A matching request sent before the rules are gone can hang in the
+        # agent's filtered steal, which is not this face's to mend (see the report).
+        assert wait_for(lambda: "MIRRORD_" not in nat_rules(lab))
         assert requests.get(f"{lab.service_url}/a", headers=mine, timeout=10).text == (
             "staging-service"
         )

@@ -83,6 +83,7 @@ class MirrorFeed:
         self._numbers = itertools.count(1)
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self._inode = os.fstat(self._listener.fileno()).st_ino
+        self._port_here: int = self._listener.getsockname()[1]
         try:  # (each Mirror applies its own HTTP filter)
             client.subscribe(port, "mirror", "", self._listener)
         except MirrordError:
@@ -121,8 +122,7 @@ class MirrorFeed:
             ).start()
 
     def _origin(self, peer_port: int) -> tuple[str, int]:
-        listen_port = self._listener.getsockname()[1]
-        return self._client.origin(listen_port, peer_port) or ("", 0)
+        return self._client.origin(self._port_here, peer_port) or ("", 0)
 
     def _read(self, conn: socket.socket, client: tuple[str, int], number: int) -> None:
         splitter: RequestSplitter | None = RequestSplitter()
@@ -153,6 +153,12 @@ class MirrorFeed:
             conn.close()
 
     def close(self) -> None:
+        # shutdown first: a thread blocked in accept() would keep the socket listening
+        # after a mere close(), and the intproxy would keep the subscription for it
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._listener.close()
         self._client.release(self._inode)
         self._shut()
