@@ -172,6 +172,14 @@ def test_mirror_raw_gives_the_bytes_of_any_protocol(lab: Lab) -> None:
     assert {(c.client[0], c.connection) for c in chunks} == {(lab.host_addr, 1)}
 
 
+def test_a_port_mirrored_again_after_its_mirror_closed_gets_the_new_copies(lab: Lab) -> None:
+    with mirrord.Session(f"netns/{lab.staging_ns}") as staging:
+        for name in ("first", "second"):
+            with staging.mirror(8080, timeout=5) as mirror:
+                requests.get(f"{lab.service_url}/{name}", timeout=10)
+                assert next(mirror.http()).path == f"/{name}"
+
+
 def test_mirror_buffer_is_bounded_and_counts_what_it_dropped(lab: Lab) -> None:
     with (
         mirrord.Session(f"netns/{lab.staging_ns}") as staging,
