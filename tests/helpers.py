@@ -94,3 +94,11 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
 def nat_rules(lab: Lab) -> str:
     """The staging namespace's nat table, as iptables-save prints it."""
     return lab.run_in(lab.staging_ns, ["iptables-save", "-t", "nat"]).stdout
+
+
+def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
+    """Which of `names` a fresh interpreter has in sys.modules after running `statement`
+    (what an import drags into the user's app)."""
+    code = f"import sys, json; {statement}; print(json.dumps([m for m in {names!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(done.stdout))

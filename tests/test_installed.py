@@ -64,6 +64,7 @@ def _pip_offline(python: Path, *args: str) -> None:
         + list(args),
         capture_output=True,
         text=True,
+        env=_clean_env(),  # a PYTHONPATH would show pip this checkout as installed already
     )
     assert proc.returncode == 0, f"offline install failed (run scripts/setup?):\n{proc.stderr}"
 

@@ -352,8 +352,8 @@ class Session:
     activated = activate
 
     def _make_layer(self) -> Any:
-        from mirrord.layer.context import LayerSettings
         from mirrord.layer.layer import Layer
+        from mirrord.settings.contract import LayerSettings
 
         running = self._started()
         return Layer(LayerSettings.from_dict(running.layer_settings), self._client())

@@ -133,6 +133,36 @@ def encode(msg: Message, max_frame: int = MAX_FRAME) -> bytes:
 _DATA_KEYS = b"\x83\xa1t\xa4data\xa4conn"
 
 
+_INT_PREFIX = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN_PREFIX = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _data_frame(buf: bytearray, start: int, end: int) -> Data | None:
+    """The Data message of frame `buf[start:end]` if it has exactly the shape that
+    data_frame_header gives (every sender's), read without msgpack and with one copy of
+    its payload; None for anything else (the general decoder then decides)."""
+    pos = start + len(_DATA_KEYS)
+    if end - start < len(_DATA_KEYS) + 7 or buf[start:pos] != _DATA_KEYS:
+        return None
+    marker = buf[pos]
+    if marker < 0x80:
+        conn, pos = marker, pos + 1
+    elif (size := _INT_PREFIX.get(marker)) is not None:
+        conn, pos = int.from_bytes(buf[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
+    else:
+        return None
+    if buf[pos : pos + 5] != b"\xa4data" or pos + 6 > end:
+        return None
+    size = _BIN_PREFIX.get(buf[pos + 5], 0)
+    if not size:
+        return None
+    length = int.from_bytes(buf[pos + 6 : pos + 6 + size], "big")
+    data_start = pos + 6 + size
+    if data_start + length != end:
+        return None
+    return Data(conn=conn, data=bytes(buf[data_start:end]))
+
+
 def data_frame_header(conn: int, size: int) -> bytes:
     """The frame of a Data message up to its payload: length prefix, map, tag, conn, and
     the bin header of `size` bytes that follow. Lets a sender write the payload without
@@ -202,10 +232,14 @@ class Codec:
                 f"frame of {length} bytes exceeds the limit of {self.max_frame}", "too_large"
             )
             raise self._broken
-        end = self._pos + _LEN.size + length
+        start, end = self._pos + _LEN.size, self._pos + _LEN.size + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[self._pos + _LEN.size : end])
+        data = _data_frame(self._buf, start, end)
+        if data is not None:
+            self._pos = end
+            return data
+        payload = bytes(self._buf[start:end])
         self._pos = end
         try:
             return decode_payload(payload)

@@ -42,6 +42,8 @@ READ_SIZE = 256 * 1024
 #: Descriptors one read may bring; more would be silently closed by the kernel.
 MAX_FDS_PER_READ = 64
 _FD_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+#: Kernel buffer asked for on each side of a link (the kernel may cap it).
+SOCKET_BUFFER = 4 * 1024 * 1024
 #: Control messages waiting for `receive()` before the link stops reading (back-pressure).
 INBOX_LIMIT = 4096
 #: Bytes buffered for the socket above which writers are asked to wait (or pause).
@@ -54,10 +56,17 @@ class Link:
 
     def __init__(self, sock: socket.socket, accept_fds: bool = False) -> None:
         sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:  # room for whole frames: fewer partial writes, fewer wake-ups
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
         self.sock = sock
         self._fileno = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._codec = Codec()
+        self._rbuf = bytearray(READ_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._fds: deque[int] = deque()
         self.can_pass_fds = sock.family == socket.AF_UNIX
         # only the intproxy takes descriptors (from its agent); anyone else's are closed
@@ -91,9 +100,11 @@ class Link:
 
     def _on_readable(self) -> None:
         try:
+            # into one buffer of ours: a fresh 256 KiB object per read would be an mmap
+            # and munmap per message
             if self._accept_fds:
-                data, ancillary, _flags, _addr = self.sock.recvmsg(
-                    READ_SIZE, _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
+                    [self._rbuf], _FD_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
                 for level, kind, payload in ancillary:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -102,16 +113,16 @@ class Link:
                 if len(self._fds) > MAX_FDS_PER_READ:
                     raise ProtocolError("the peer sent descriptors nobody asked for")
             else:
-                data = self.sock.recv(READ_SIZE)
+                size = self.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except (OSError, ProtocolError) as exc:
             self._end(exc)
             return
-        if not data:
+        if not size:
             self._end(anyio.EndOfStream())
             return
-        self._codec.feed(data)
+        self._codec.feed(self._rview[:size])
         try:
             while (msg := self._codec.next_message()) is not None:
                 handler = self.frame_handler
