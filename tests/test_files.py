@@ -21,10 +21,10 @@ import pytest
 from helpers import REPO, last_json, mirrord, run_app
 
 from mirrord.agent.files import check_path
+from mirrord.client.proxy import ProxyClient
 from mirrord.config import load_config
 from mirrord.lab import Lab
 from mirrord.lab import remote_files as rf
-from mirrord.layer.client import ProxyClient
 from mirrord.protocol import (
     FileClose,
     FileData,

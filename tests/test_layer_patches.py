@@ -19,7 +19,7 @@ import pytest
 import wrapt
 from helpers import modules_loaded
 
-from mirrord.layer.client import ProxyClient
+from mirrord.client.proxy import ProxyClient
 from mirrord.layer.layer import Layer
 from mirrord.layer.patching import PatchFamily
 from mirrord.settings.contract import FsSettings, LayerSettings

@@ -11,8 +11,8 @@ import socket
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
+from mirrord.client.proxy import ProxyClient, ProxyUnavailable, failure_to_oserror
 from mirrord.errors import MirrordError
-from mirrord.layer.client import ProxyClient, ProxyUnavailable, failure_to_oserror
 from mirrord.protocol import (
     Connect,
     Connected,

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from mirrord.layer.client import ProxyClient
+from mirrord.client.proxy import ProxyClient
 from mirrord.protocol import ListenerClosed
 from mirrord.settings.contract import FsSettings, IncomingSettings, LayerSettings
 from mirrord.settings.debugger import DebuggerPorts

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from mirrord.layer.client import ProxyClient
+from mirrord.client.proxy import ProxyClient
 from mirrord.layer.context import Context
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches

@@ -16,7 +16,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from mirrord.layer.client import ProxyClient, ProxyUnavailable
+from mirrord.client.proxy import ProxyClient, ProxyUnavailable
 from mirrord.protocol import (
     FileAccess,
     FileClose,
