@@ -45,6 +45,9 @@ class OwnedClient(ProxyClient):
     """A ProxyClient for one job of the session (its requests, a subscription), whose
     channels end when it is closed."""
 
+    def __init__(self, path: str, token: str) -> None:
+        super().__init__(path, token, name="session")  # so the intproxy's log says
+
     def close(self) -> None:
         self.after_fork()  # closes every channel and forgets it
 
