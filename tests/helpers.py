@@ -8,7 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from mirrord.lab import Lab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +79,21 @@ def agent_pids(target: str) -> list[int]:
         for pid in processes_mentioning(f"--target {target} ")
         if b"mirrord.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def nat_rules(lab: Lab) -> str:
+    """The staging namespace's nat table, as iptables-save prints it."""
+    return lab.run_in(lab.staging_ns, ["iptables-save", "-t", "nat"]).stdout
 
 
 def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirrord.client.proxy import ProxyClient, ProxyUnavailable
-from mirrord.errors import MirrordError
+from mirrord.errors import MirrordError, NotRoot, TargetNotFound
 from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn_ready
@@ -61,9 +61,9 @@ def check_target(target: str) -> LocalTarget:
     try:
         parsed = LocalTarget.parse(target)
     except TargetError as exc:
-        raise MirrordError(str(exc)) from None
+        raise TargetNotFound(str(exc)) from None
     if parsed.kind != "targetless" and os.geteuid() != 0:
-        raise MirrordError(f"target {target} needs root to enter its namespaces: run with sudo")
+        raise NotRoot(f"target {target} needs root to enter its namespaces: run with sudo")
     return parsed
 
 
