@@ -7,8 +7,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from mirrord.lab import Lab, create_lab
+
+# speed is for bench/, not for tests: a slow example on a loaded machine is no failure
+settings.register_profile("mirrord", deadline=None)
+settings.load_profile("mirrord")
 
 
 @pytest.fixture
