@@ -10,6 +10,9 @@ import pytest
 
 from mirrord.lab import Lab, create_lab
 
+# fixtures of the native relay's tests: servers in staging, the relay's builds
+pytest_plugins = ["native_services"]
+
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:

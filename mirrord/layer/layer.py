@@ -14,6 +14,7 @@ from mirrord.layer.context import Context, LayerSettings
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
+from mirrord.layer.native_bridge import RELAY_SKIPPED, beside_relay, relay_state
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
 
@@ -26,19 +27,20 @@ class Layer:
     def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
         self.context = Context(settings, client)
         dns = DnsPatches(self.context)
-        self.families: list[PatchFamily] = [
+        all_families: list[PatchFamily] = [
             dns,
             SocketPatches(self.context, dns),
             IncomingPatches(self.context),
             FilePatches(self.context),
         ]
+        self.families = beside_relay(all_families)
         self._fork_hook = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Layer | None:
         """The session the CLI described in the environment, or None outside mirrord."""
         path = env.get(SOCKET_ENV)
-        if not path:
+        if not path or relay_state() == RELAY_SKIPPED:
             return None
         settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
         return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
