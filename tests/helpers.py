@@ -76,3 +76,14 @@ def agent_pids(target: str) -> list[int]:
         for pid in processes_mentioning(f"--target {target} ")
         if b"mirrord.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
+
+
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float = 10) -> None:
+    """Send `sig` and wait; kill if it does not end in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

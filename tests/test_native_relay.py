@@ -629,3 +629,32 @@ def test_no_compiler_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert proc.returncode == 1
     assert proc.stderr.startswith("mirrord: native relay not built: cannot run ")
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_the_wheel_carries_the_relay(tmp_path: Path) -> None:
+    """Installed is not the checkout: the wheel has the library built, and its sources."""
+    import zipfile
+
+    from mirrord.native.build import HERE
+
+    repo = HERE.parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), str(repo)],
+        check=True, capture_output=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("*.whl")
+    assert "linux_x86_64" in wheel.name  # a platform wheel: it holds machine code
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "mirrord/native/libmirrord_relay.so" in names
+        assert "mirrord/native/src/rules.c" in names
+        library = tmp_path / "lib.so"
+        library.write_bytes(z.read("mirrord/native/libmirrord_relay.so"))
+    symbols = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    exported = {line.split()[-1] for line in symbols.splitlines()}
+    assert {"connect", "getaddrinfo", "accept4", "execve", "mirrord_relay_state"} <= exported
+    # only the hooks: the relay's own functions stay out of the app's namespace
+    assert not {"rules_parse", "reply_decode", "chan_request"} & exported

@@ -58,20 +58,17 @@ static void unavailable(const char *what, int err) {
     failure[0] = 0;
 }
 
-static void destroy(struct channel *c) {
-    pthread_mutex_lock(&pool_lock);
-    for (struct channel **at = &everyone; *at; at = &(*at)->next)
-        if (*at == c) {
-            *at = c->next;
-            break;
-        }
-    pthread_mutex_unlock(&pool_lock);
-    pthread_mutex_lock(&fd_lock);
+/* Close a channel's descriptor (unless the app took the number) and free it;
+ * `single_threaded`: in a fork child, where no other thread can hold a lock. */
+static void release(struct channel *c, int single_threaded) {
+    if (!single_threaded)
+        pthread_mutex_lock(&fd_lock);
     struct fdstate *st = fd_get(c->fd);
-    int ours = !atomic_load(&c->lost) && st && st->channel == c;
-    if (ours)
+    int ours = !atomic_load(&c->lost) && (!st || st->channel == c);
+    if (st && st->channel == c)
         st->channel = NULL; /* (freed with the descriptor's state below) */
-    pthread_mutex_unlock(&fd_lock);
+    if (!single_threaded)
+        pthread_mutex_unlock(&fd_lock);
     if (ours) {
         fd_forget(c->fd);
         real_close(c->fd);
@@ -80,6 +77,17 @@ static void destroy(struct channel *c) {
         real_close(c->fds[i]);
     free(c->buf);
     free(c);
+}
+
+static void destroy(struct channel *c) {
+    pthread_mutex_lock(&pool_lock);
+    for (struct channel **at = &everyone; *at; at = &(*at)->next)
+        if (*at == c) {
+            *at = c->next;
+            break;
+        }
+    pthread_mutex_unlock(&pool_lock);
+    release(c, 0);
 }
 
 void chan_lost_fd(struct channel *c) { atomic_store(&c->lost, 1); }
@@ -332,17 +340,7 @@ void chan_after_fork_child(void) {
     pthread_mutex_init(&pool_lock, NULL);
     while (c) {
         struct channel *next = c->next;
-        if (!atomic_load(&c->lost)) {
-            struct fdstate *st = fd_get(c->fd);
-            if (st && st->channel == c)
-                st->channel = NULL;
-            fd_forget(c->fd);
-            real_close(c->fd);
-        }
-        for (int i = 0; i < c->nfds; i++)
-            real_close(c->fds[i]);
-        free(c->buf);
-        free(c);
+        release(c, 1);
         c = next;
     }
 }

@@ -109,10 +109,18 @@ static int fail(int err) {
     return -1;
 }
 
-/* Ask the intproxy to connect from the target. 0 and a reply (and maybe a descriptor), or
- * -1 with errno as a local connect would set it. */
-static int ask_connect(int udp, const char *host, int port, int want_fd, struct reply *reply,
-                       int *fd) {
+/* Ask the intproxy to connect to `addr` from the target. 0 and a reply (and maybe a
+ * descriptor), or -1 with errno as a local connect would set it. */
+static int ask_connect(int udp, const struct sockaddr *addr, socklen_t len, int want_fd,
+                       struct reply *reply, int *fd) {
+    char host[INET6_ADDRSTRLEN];
+    struct ipkey ip;
+    int port;
+    address_text(addr, host, sizeof host);
+    ipkey_from_sockaddr(addr, len, &ip, &port);
+    if (relay_debug())
+        relay_log("connect %s %s:%d through the target", udp ? "udp" : "tcp", host, port);
+    *fd = -1;
     uint8_t buf[256];
     struct mpw w;
     int64_t req = chan_next_req();
@@ -194,15 +202,9 @@ static int connect_remote(int fd, const struct sockaddr *addr, socklen_t len, in
     if (relay_len)
         return real_connect(fd, (struct sockaddr *)&relay, relay_len);
 
-    char host[INET6_ADDRSTRLEN];
-    struct ipkey ip;
-    int port, handed = -1;
+    int handed;
     struct reply reply;
-    address_text(addr, host, sizeof host);
-    ipkey_from_sockaddr(addr, len, &ip, &port);
-    if (relay_debug())
-        relay_log("connect %s %s:%d through the target", udp ? "udp" : "tcp", host, port);
-    if (ask_connect(udp, host, port, adoptable(fd), &reply, &handed))
+    if (ask_connect(udp, addr, len, adoptable(fd), &reply, &handed))
         return -1;
     if (reply.type == R_CONNECTED_FD) {
         reply_free(&reply);
@@ -302,13 +304,9 @@ static socklen_t udp_relay(int fd, const struct sockaddr *addr, socklen_t len,
     pthread_mutex_unlock(&fd_lock);
     if (found)
         return found;
-    char host[INET6_ADDRSTRLEN];
-    struct ipkey ip;
-    int port, handed = -1;
+    int handed;
     struct reply reply;
-    address_text(addr, host, sizeof host);
-    ipkey_from_sockaddr(addr, len, &ip, &port);
-    if (ask_connect(1, host, port, 0, &reply, &handed))
+    if (ask_connect(1, addr, len, 0, &reply, &handed))
         return (socklen_t)-1;
     if (handed >= 0)
         real_close(handed);
