@@ -5,6 +5,7 @@ to the backend, which this host cannot route to: only a connection from staging 
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.lab import Lab
+from mirrord.lab import Lab, create_lab
 
 REDIS_NAME = "redis.staging.svc"
 POSTGRES_NAME = "postgres.staging.svc"
@@ -30,14 +31,32 @@ def wait_until(probe, what: str, timeout: float = 15.0) -> None:  # type: ignore
         time.sleep(0.1)
 
 
+@pytest.fixture(scope="module")
+def module_lab() -> Iterator[Lab]:
+    """One lab for a module whose tests only read from it (outgoing traffic): each test
+    then pays for its session, not for a lab. Same lock as the `lab` fixture."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (not root)")
+    with open("/run/mirrord-lab-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lab = create_lab()
+        try:
+            yield lab
+        finally:
+            lab.close()
+
+
 @pytest.fixture
 def staging_names(lab: Lab) -> dict[str, str]:
     """Names only staging resolves (its hosts file) for the servers below."""
     hosts = lab.etc_dirs[0] / "hosts"
     names = {REDIS_NAME: lab.staging_backend_addr, POSTGRES_NAME: lab.staging_backend_addr}
+    known = hosts.read_text()
     # appended in place: the staging service sees the file through a bind mount
     with hosts.open("a") as f:
-        f.writelines(f"{addr} {name}\n" for name, addr in names.items())
+        f.writelines(
+            f"{addr} {name}\n" for name, addr in names.items() if f" {name}\n" not in known
+        )
     return names
 
 

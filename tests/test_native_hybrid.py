@@ -14,7 +14,13 @@ from test_incoming import SERVERS, App, nat_rules, wait_for
 
 from mirrord.lab import Lab
 
-pytestmark = pytest.mark.usefixtures("transport")
+
+@pytest.fixture(scope="module")
+def lab(module_lab: Lab) -> Lab:
+    """One lab for the module: every test leaves it as it found it (the steal test
+    checks that its rules are gone)."""
+    return module_lab
+
 
 # uvicorn on uvloop; each answer also says which loop served it
 UVLOOP_SERVER = (
@@ -32,11 +38,20 @@ def target(lab: Lab) -> str:
     return f"netns/{lab.staging_ns}"
 
 
-@pytest.mark.parametrize("build", ["plain", "asan"])
+@pytest.mark.parametrize("variant", ["fd-passing", "relay", "relay+asan"])
 def test_psycopg2_queries_the_staging_database(
-    lab: Lab, postgres_in_staging: str, tmp_path: Path, build: str, request: pytest.FixtureRequest
+    lab: Lab,
+    postgres_in_staging: str,
+    tmp_path: Path,
+    variant: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    if build == "asan":
+    if variant.startswith("relay"):
+        monkeypatch.setenv("MIRRORD_NO_FD_PASSING", "1")
+    else:
+        monkeypatch.delenv("MIRRORD_NO_FD_PASSING", raising=False)
+    if variant.endswith("asan"):
         request.getfixturevalue("asan_relay")  # the relay under AddressSanitizer
     code = f"""
         import json, psycopg2, socket
@@ -93,6 +108,7 @@ def _uvloop_app(lab: Lab, tmp_path: Path, *flags: str) -> App:
     return App(lab, tmp_path, UVLOOP_SERVER, *flags)
 
 
+@pytest.mark.usefixtures("transport")
 def test_uvicorn_on_uvloop_receives_stolen_requests(lab: Lab, tmp_path: Path) -> None:
     config = tmp_path / "mirrord.json"
     config.write_text(json.dumps({"feature": {"network": {"incoming": "steal"}}}))

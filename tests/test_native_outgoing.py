@@ -15,7 +15,11 @@ from helpers import mirrord
 
 from mirrord.lab import Lab
 
-pytestmark = pytest.mark.usefixtures("transport")
+
+@pytest.fixture(scope="module")
+def lab(module_lab: Lab) -> Lab:
+    """These tests only send traffic out: they share one lab."""
+    return module_lab
 
 
 def run(lab: Lab, *argv: str, flags: tuple[str, ...] = (), timeout: float = 60):  # type: ignore[no-untyped-def]
@@ -36,6 +40,7 @@ def config(tmp_path: Path, cfg: dict) -> tuple[str, ...]:
     return ("-f", str(path))
 
 
+@pytest.mark.usefixtures("transport")
 def test_curl_and_wget_reach_staging_only_services(lab: Lab) -> None:
     seen = json.loads(ok(run(lab, "curl", "-sf", "http://backend.staging.svc:8080/curl")))
     assert seen["path"] == "/curl"
@@ -53,16 +58,19 @@ def test_unknown_name_fails_as_the_target_resolves_it(lab: Lab) -> None:
     assert "mirrord:" not in proc.stderr
 
 
+@pytest.mark.usefixtures("transport")
 def test_redis_cli(lab: Lab, redis_in_staging: str) -> None:
     out = ok(run(lab, "redis-cli", "-h", redis_in_staging, "get", "greeting"))
     assert out.strip() == "hello-from-redis"
 
 
+@pytest.mark.usefixtures("transport")
 def test_psql(lab: Lab, postgres_in_staging: str) -> None:
     argv = ["psql", "-h", postgres_in_staging, "-U", "app", "-d", "postgres", "-tAc"]
     assert ok(run(lab, *argv, "select name from pets")).strip() == "rex"
 
 
+@pytest.mark.usefixtures("transport")
 def test_nc_udp(lab: Lab) -> None:
     out = ok(run(lab, "sh", "-c", "echo one | nc -u -w 1 backend.staging.svc 9999"))
     assert out.strip() == "echo:one"
@@ -134,7 +142,7 @@ def test_outgoing_filter_means_the_same_for_curl_and_python(lab: Lab, tmp_path: 
     assert json.loads(ok(proc).splitlines()[-1]) == ["/py", "ConnectionRefusedError"]
 
 
-def test_programs_that_cannot_take_the_relay_warn_and_run(lab: Lab, tmp_path: Path) -> None:
+def test_programs_that_cannot_take_the_relay_warn_and_run(tmp_path: Path) -> None:
     source = tmp_path / "hello.c"
     source.write_text('#include <stdio.h>\nint main(void) { puts("ran"); return 3; }\n')
     static, setuid = tmp_path / "static", tmp_path / "setuid"
@@ -142,7 +150,7 @@ def test_programs_that_cannot_take_the_relay_warn_and_run(lab: Lab, tmp_path: Pa
     subprocess.run(["cc", "-o", str(setuid), str(source)], check=True)
     os.chmod(setuid, 0o4755)
     for program, why in ((static, "statically linked"), (setuid, "set-uid")):
-        proc = run(lab, str(program))
+        proc = mirrord("exec", "-t", "targetless", "--", str(program))
         assert (proc.returncode, proc.stdout) == (3, "ran\n")
         warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
         assert warnings == [
