@@ -190,3 +190,17 @@ def asan_relay(monkeypatch: pytest.MonkeyPatch, relay_builds: dict[str, Path]) -
     monkeypatch.setenv("MIRRORD_RELAY_LIBRARY", f"{asan_runtime()}:{relay_builds['asan']}")
     monkeypatch.setenv("ASAN_OPTIONS", ASAN_OPTIONS)
     return relay_builds["asan"]
+
+
+@pytest.fixture(scope="session")
+def native_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/native_client.c built with AddressSanitizer and UBSan: the runtime is linked
+    in, so the ASan build of the relay can be preloaded into it."""
+    out = tmp_path_factory.mktemp("client") / "native_client"
+    subprocess.run(
+        ["cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
+         "-fno-omit-frame-pointer", "-g", "-o", str(out), str(REPO / "tests/native_client.c"),
+         "-lpthread"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return out

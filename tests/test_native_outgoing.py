@@ -156,3 +156,34 @@ def test_programs_that_cannot_take_the_relay_warn_and_run(tmp_path: Path) -> Non
         assert warnings == [
             f"mirrord: warning: {program} is {why}: it cannot be intercepted and runs unmodified"
         ]
+
+
+@pytest.mark.usefixtures("transport")
+def test_a_c_client_under_asan(
+    lab: Lab, native_client: Path, relay_builds: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every hooked call the way C programs make them, the relay built with
+    AddressSanitizer (a memory error ends the program with exit code 99)."""
+    monkeypatch.setenv("MIRRORD_RELAY_LIBRARY", str(relay_builds["asan"]))
+    monkeypatch.setenv("ASAN_OPTIONS", "detect_leaks=0:verify_asan_link_order=0:exitcode=99")
+    proc = run(lab, str(native_client), "backend.staging.svc", lab.backend_addr)
+    backend = f"{lab.backend_addr}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.splitlines()
+    assert sorted(lines) == sorted(
+        [
+            "tcp_body ok",
+            f"tcp_peer {backend}:8080",
+            "dup_peers 127.0.0.1:9090 127.0.0.1:9090 127.0.0.1:9090",
+            "loopback_body staging-loopback",
+            f"gethostbyname {backend}",
+            f"udp_recvfrom echo:one from {backend}:9999",
+            f"udp_recvmsg echo:two from {backend}:9999",
+            "threads ok",
+            "fork_child ok",
+            # the child exec'd with an environment of one variable: still intercepted
+            "tcp_body ok",
+            f"tcp_peer {backend}:8080",
+            "child_exit 0",
+        ]
+    ), proc.stdout

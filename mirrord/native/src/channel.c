@@ -323,10 +323,17 @@ int chan_notify(const uint8_t *frame, size_t n) {
     return CHAN_OK;
 }
 
-void chan_warm(void) {
+void chan_warm(int wait_hello) {
     struct channel *c = open_channel();
-    if (c)
-        give_back(c);
+    if (!c)
+        return;
+    /* at start, as the Python layer does: the first request then pays no handshake */
+    if (wait_hello && finish_hello(c)) {
+        unavailable("hello", errno ? errno : EIO);
+        destroy(c);
+        return;
+    }
+    give_back(c);
 }
 
 void chan_fork_prepare(void) { pthread_mutex_lock(&pool_lock); }

@@ -92,7 +92,7 @@ static void fork_child(void) {
     names_after_fork_child();
     chan_after_fork_child();
     if (atomic_load(&relay_state) != RELAY_OFF)
-        chan_warm(); /* as at start: the child's presence keeps the intproxy alive */
+        chan_warm(0); /* as at start: the child's presence keeps the intproxy alive */
 }
 
 __attribute__((constructor)) static void relay_start(int argc, char **argv, char **envp) {
@@ -117,7 +117,7 @@ __attribute__((constructor)) static void relay_start(int argc, char **argv, char
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     int skip = skipped(argv && argc > 0 ? argv[0] : NULL);
     atomic_store(&relay_state, skip ? RELAY_SKIPPED : RELAY_ON);
-    chan_warm();
+    chan_warm(1);
 }
 
 /* ------------------------------------------------------------------ exec */

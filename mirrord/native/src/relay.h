@@ -82,8 +82,9 @@ int chan_request(const uint8_t *frame, size_t n, int64_t req, struct reply *out,
                  int keep);
 /* Send a frame that has no reply. */
 int chan_notify(const uint8_t *frame, size_t n);
-/* Open the first link now: a layer's presence keeps the intproxy alive for children. */
-void chan_warm(void);
+/* Open the first link now: a layer's presence keeps the intproxy alive for children.
+ * `wait_hello`: finish the handshake now too (at start; a fork child does not wait). */
+void chan_warm(int wait_hello);
 void chan_lost_fd(struct channel *c); /* the app closed (or replaced) a channel's fd */
 void chan_after_fork_child(void);
 void chan_fork_prepare(void);
