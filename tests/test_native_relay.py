@@ -658,3 +658,29 @@ def test_the_wheel_carries_the_relay(tmp_path: Path) -> None:
     assert {"connect", "getaddrinfo", "accept4", "execve", "mirrord_relay_state"} <= exported
     # only the hooks: the relay's own functions stay out of the app's namespace
     assert not {"rules_parse", "reply_decode", "chan_request"} & exported
+
+
+CHILDREN = """
+    import subprocess, sys
+    child = "import socket; print(socket.getaddrinfo('svc.test', 80)[0][4][0])"
+    huge = {f"VAR{i}": "x" * 20 for i in range(3000)}
+    for env in ({}, huge):
+        out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True)
+        print(out.stdout.strip() or out.stderr.strip().splitlines()[-1])
+"""
+
+
+def test_children_keep_the_session_with_a_cleared_or_huge_environment(
+    relay_builds: dict[str, Path], tmp_path: Path, echo_server: int
+) -> None:
+    # svc.test exists only for the (fake) intproxy: a child without the relay cannot resolve it
+    proxy = FakeIntproxy(tmp_path / "proxy.sock", echo_server)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(CHILDREN)],
+            env=relay_env(relay_builds, proxy.path, which="plain"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert proc.stdout.split() == ["127.0.0.1", "127.0.0.1"], proc.stderr[-2000:]

@@ -228,21 +228,41 @@ static char *const *session_env(char *const *envp, char **out, char *text, size_
     return changed ? out : envp;
 }
 
+/* The slots live on the stack for any usual environment; a huge one goes to the heap
+ * (a thread with a small stack must not overflow), which a vfork child may still use. */
+#define STACK_SLOTS 512
 #define WITH_SESSION_ENV(envp, fixed)                                                        \
-    char *fixed##_slots[env_count(envp) + SESSION_MAX + 4];                                  \
+    size_t fixed##_room = env_count(envp) + SESSION_MAX + 4;                                \
+    char *fixed##_stack[STACK_SLOTS];                                                        \
+    char **fixed##_slots = fixed##_room <= STACK_SLOTS ? fixed##_stack                      \
+                                                        : malloc(fixed##_room * sizeof(char *)); \
     char fixed##_text[8192];                                                                 \
-    char *const *fixed = session_env(envp, fixed##_slots, fixed##_text, sizeof fixed##_text)
+    char *const *fixed = fixed##_slots ? session_env(envp, fixed##_slots, fixed##_text,      \
+                                                     sizeof fixed##_text)                    \
+                                       : envp
+
+/* after a failed exec (a successful one never returns) */
+#define DONE_SESSION_ENV(fixed, rc)                                                          \
+    do {                                                                                     \
+        int saved_ = errno;                                                                  \
+        if (fixed##_slots != fixed##_stack)                                                  \
+            free(fixed##_slots);                                                             \
+        errno = saved_;                                                                      \
+        return rc;                                                                           \
+    } while (0)
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[]) {
     real_init();
     WITH_SESSION_ENV(envp, env);
-    return real_execve(path, argv, env);
+    int rc = real_execve(path, argv, env);
+    DONE_SESSION_ENV(env, rc);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]) {
     real_init();
     WITH_SESSION_ENV(envp, env);
-    return real_execvpe(file, argv, env);
+    int rc = real_execvpe(file, argv, env);
+    DONE_SESSION_ENV(env, rc);
 }
 
 EXPORT int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
@@ -290,12 +310,14 @@ EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_acti
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     real_init();
     WITH_SESSION_ENV(envp, env);
-    return real_posix_spawn(pid, path, actions, attr, argv, env);
+    int rc = real_posix_spawn(pid, path, actions, attr, argv, env);
+    DONE_SESSION_ENV(env, rc);
 }
 
 EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[]) {
     real_init();
     WITH_SESSION_ENV(envp, env);
-    return real_posix_spawnp(pid, file, actions, attr, argv, env);
+    int rc = real_posix_spawnp(pid, file, actions, attr, argv, env);
+    DONE_SESSION_ENV(env, rc);
 }
