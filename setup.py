@@ -1,14 +1,18 @@
-"""Build hook: compiles the native relay (mirrord/native/src/*.c) into the package.
+"""Build configuration beyond what pyproject.toml can say:
 
-Everything else about the package is in pyproject.toml. Without a C compiler the package
-still installs (the Python layer works on its own) and says why the relay is missing.
+- the sitecustomize hook that loads the layer lives in sitecustomize_hook/ in the checkout
+  and ships in the wheel as the package mirrord._hook, so that an installed mirrord can
+  put it on an app's path;
+- the native relay (mirrord/native/src/*.c) is compiled into the package by build_py.
+  Without a C compiler the package still installs (the Python layer works on its own)
+  and says why the relay is missing.
 """
 
 import importlib.util
 import sys
 from pathlib import Path
 
-from setuptools import Distribution, setup
+from setuptools import Distribution, find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -16,7 +20,9 @@ HERE = Path(__file__).resolve().parent
 
 def _native_build():
     # by path: importing the mirrord package needs its dependencies, not there yet
-    spec = importlib.util.spec_from_file_location("_mirrord_native_build", HERE / "mirrord/native/build.py")
+    spec = importlib.util.spec_from_file_location(
+        "_mirrord_native_build", HERE / "mirrord/native/build.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,4 +52,11 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithRelay}, distclass=BinaryDistribution)
+setup(
+    packages=[*find_packages(include=["mirrord", "mirrord.*"]), "mirrord._hook"],
+    package_dir={"mirrord._hook": "sitecustomize_hook"},
+    # the native relay's sources ship too (build_py compiles them into native/*.so)
+    package_data={"mirrord": ["py.typed", "native/src/*.c", "native/src/*.h", "native/*.so"]},
+    cmdclass={"build_py": BuildPyWithRelay},
+    distclass=BinaryDistribution,
+)

@@ -7,13 +7,36 @@ import os
 import sys
 
 
+class _LayerPackages:
+    """Finds only mirrord, msgpack and wrapt, where the CLI's own environment has them
+    (MIRRORD_LAYER_PATH: name=folder pairs), so an app of another environment can load the
+    layer without seeing anything else of ours. mirrord comes first (it must match the
+    intproxy); the app's own msgpack and wrapt win over ours."""
+
+    def __init__(self, folders):
+        self.folders = folders
+
+    def find_spec(self, fullname, path=None, target=None):
+        folder = self.folders.get(fullname)
+        if folder is None:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [folder])
+
+
+def _install_finders(value):
+    folders = dict(pair.split("=", 1) for pair in value.split(os.pathsep) if "=" in pair)
+    first = {k: v for k, v in folders.items() if k == "mirrord"}
+    last = {k: v for k, v in folders.items() if k != "mirrord"}
+    if first:
+        sys.meta_path.insert(0, _LayerPackages(first))
+    if last:
+        sys.meta_path.append(_LayerPackages(last))
+
+
 def _mirrord_start():
     here = os.path.dirname(os.path.abspath(__file__))
-    # the CLI names where mirrord, wrapt and msgpack live, for apps in other environments
-    for extra in filter(None, os.environ.get("MIRRORD_LAYER_PATH", "").split(os.pathsep)):
-        if extra not in sys.path:
-            sys.path.append(extra)
     try:
+        _install_finders(os.environ.get("MIRRORD_LAYER_PATH", ""))
         from mirrord.layer import bootstrap
 
         bootstrap.start()

@@ -19,9 +19,11 @@ def lab() -> Iterator[Lab]:
     """A fresh fake staging cluster (network namespaces); needs root."""
     if os.geteuid() != 0:
         pytest.skip("needs root (not root)")
-    # lab tests bind well-known ports on this host (the apps under test): one at a time,
-    # machine-wide, so that two test runs on one machine do not take each other's ports
-    with open("/run/mirrord-lab-tests.lock", "w") as lock:
+    # lab tests bind well-known ports on this host (the apps under test): one at a time per
+    # network namespace, so that two test runs in one do not take each other's ports (runs
+    # in network namespaces of their own, `unshare -n`, go side by side)
+    netns = os.stat("/proc/self/ns/net").st_ino
+    with open(f"/run/mirrord-lab-tests-{netns}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         lab = create_lab()
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import last_json, mirrord, run_app
 
+from mirrord import __version__ as mirrord_version
 from mirrord.lab import Lab
 
 
@@ -219,3 +220,46 @@ def test_agent_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> Non
         assert f"/proc/{zombie.pid}/" in proc.stderr  # its log's last lines, quoted
     finally:
         zombie.wait()
+
+
+def test_version() -> None:
+    proc = mirrord("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"mirrord {mirrord_version}"
+
+
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        (["python3", "-S", "-c", "import time; time.sleep(5)"], "-S skips site"),
+        (["python3", "-I", "-c", "import time; time.sleep(5)"], "-I ignores PYTHONPATH"),
+    ],
+)
+def test_a_program_whose_layer_never_connects_gets_one_warning(
+    program: list[str], reason: str
+) -> None:
+    # without the native relay (not built), nothing of such a program reaches the intproxy
+    proc = mirrord("exec", "--", *program, env={"MIRRORD_RELAY_LIBRARY": "none"})
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "no mirrord layer connected" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert reason in warnings[0]
+    # with it, the relay is its layer: its traffic does go through the target
+    proc = mirrord("exec", "--", *program)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_program_that_is_not_python_is_warned_about_once() -> None:
+    proc = mirrord("exec", "--", "sh", "-c", "sleep 4", env={"MIRRORD_RELAY_LIBRARY": "none"})
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "sh gets the target's environment, but its traffic is not intercepted" in line
+    # with the native relay it is intercepted: nothing to say
+    proc = mirrord("exec", "--", "sh", "-c", "sleep 4")
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_a_python_program_with_its_layer_gets_no_warning() -> None:
+    proc = mirrord("exec", "--", sys.executable, "-c", "import time; time.sleep(5)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

@@ -41,15 +41,19 @@ from mirrord.protocol import (
     Error,
     Hello,
     HelloOk,
+    ListenerClosed,
+    ListenerInfo,
+    ListenerInfoReply,
     Message,
+    RegisterListener,
     RequestFailed,
     Resolve,
     Resolved,
     Subscribe,
     Subscribed,
-    Unsubscribe,
 )
 from mirrord.protocol.codec import ProtocolError, decode_payload, encode
+from mirrord.settings.debugger import DebuggerPorts
 
 REPLIES = [
     HelloOk,
@@ -103,6 +107,8 @@ def described(msg: Message) -> str:
         line += f" kind={esc(msg.kind)} errno={msg.errno}"
     if isinstance(msg, Subscribed):
         line += f" port={msg.port}"
+    if isinstance(msg, ListenerInfoReply):
+        line += f" known={int(msg.known)} requested={msg.requested_port} remote={msg.remote_port} subscribed={int(msg.subscribed)}"
     if isinstance(msg, Resolved):
         line += "".join(
             f" {f}/{t}/{p}/{esc(c)}/{esc(a)}/{port}" for f, t, p, c, a, port in msg.addrs
@@ -229,23 +235,27 @@ def test_fuzz_the_decoder_under_asan(check: Path) -> None:
 def test_requests_are_what_the_python_codec_decodes(check: Path) -> None:
     lines = [
         "hello tok3n relay",
-        "connect 7 tcp 198.18.1.2 8080 1",
-        "connect 8 udp ::ffff:198.18.1.2 53 0",
+        "connect 7 tcp 198.18.1.2 8080 1 1",
+        "connect 8 udp ::ffff:198.18.1.2 53 0 0",
         "resolve 9 backend.svc 8080 0 1 0 0",
         "resolve 10 backend.svc http 10 2 17 32",
         "resolve 11 backend.svc - 2 1 0 2",
-        'subscribe 12 80 steal 127.0.0.1 41000 1 {"header_filter":"x:y"}',
-        "subscribe 13 81 mirror ::1 41001 1",
-        "unsubscribe 80",
+        'subscribe 12 80 steal 127.0.0.1 41000 1 777 {"header_filter":"x:y"}',
+        "subscribe 13 81 mirror ::1 41001 1 778",
         "conn_info 14 41000 52000",
+        "register 15 777 8080 80",
+        "listener_info 16 777",
+        "listener_closed 777",
     ]
     out = run_check(check, "encode", data=("\n".join(lines) + "\n").encode())
     decoded = [decode_payload(bytes.fromhex(h)[4:]) for h in out]
     assert all(struct.unpack(">I", bytes.fromhex(h)[:4])[0] == len(h) // 2 - 4 for h in out)
     assert decoded == [
         Hello(version=1, token="tok3n", client="relay"),
-        Connect(req=7, proto="tcp", host="198.18.1.2", port=8080, want_fd=True),
-        Connect(req=8, proto="udp", host="::ffff:198.18.1.2", port=53, want_fd=False),
+        Connect(req=7, proto="tcp", host="198.18.1.2", port=8080, want_fd=True, nonblocking=True),
+        Connect(
+            req=8, proto="udp", host="::ffff:198.18.1.2", port=53, want_fd=False, nonblocking=False
+        ),
         Resolve(req=9, host="backend.svc", port=8080, family=0, type=1, proto=0, flags=0),
         Resolve(req=10, host="backend.svc", port="http", family=10, type=2, proto=17, flags=32),
         Resolve(req=11, host="backend.svc", port=None, family=2, type=1, proto=0, flags=2),
@@ -257,6 +267,7 @@ def test_requests_are_what_the_python_codec_decodes(check: Path) -> None:
             local_host="127.0.0.1",
             local_port=41000,
             want_fd=True,
+            listener=777,
         ),
         Subscribe(
             req=13,
@@ -266,9 +277,12 @@ def test_requests_are_what_the_python_codec_decodes(check: Path) -> None:
             local_host="::1",
             local_port=41001,
             want_fd=True,
+            listener=778,
         ),
-        Unsubscribe(port=80),
         ConnInfo(req=14, listen_port=41000, peer_port=52000),
+        RegisterListener(req=15, listener=777, requested_port=8080, remote_port=80),
+        ListenerInfo(req=16, listener=777),
+        ListenerClosed(listener=777),
     ]
 
 
@@ -334,9 +348,10 @@ LAYER_SETTINGS = st.fixed_dictionaries(
 )  # fmt: skip
 
 
-def python_decisions(layer: dict[str, Any], queries: list[tuple]) -> list[str]:
+def python_decisions(layer: dict[str, Any], debugger: str, queries: list[tuple]) -> list[str]:
     """What the Python layer decides, through its own patch families' logic."""
-    ctx = Context(LayerSettings.from_dict(layer), client=None)  # type: ignore[arg-type]
+    ports = DebuggerPorts.parse(debugger)
+    ctx = Context(LayerSettings.from_dict(layer), client=None, debugger=ports)  # type: ignore[arg-type]
     dns = DnsPatches(ctx)
     sockets, incoming = SocketPatches(ctx, dns), IncomingPatches(ctx)
     out = []
@@ -376,15 +391,18 @@ QUERIES = st.lists(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(layer=LAYER_SETTINGS, queries=QUERIES)
+@given(
+    layer=LAYER_SETTINGS, debugger=st.sampled_from(["", "5432", "53,8000-8080"]), queries=QUERIES
+)
 def test_relay_decides_as_the_python_layer(
     check: Path,
     tmp_path_factory: pytest.TempPathFactory,
     layer: dict[str, Any],
+    debugger: str,
     queries: list[tuple],
 ) -> None:
     table = tmp_path_factory.mktemp("t") / "table"
-    table.write_text(relay_table(LayerSettings.from_dict(layer)))
+    table.write_text(relay_table(LayerSettings.from_dict(layer), (), DebuggerPorts.parse(debugger)))
     lines = []
     for q in queries:
         if q[0] == "out":
@@ -393,7 +411,7 @@ def test_relay_decides_as_the_python_layer(
             lines.append(" ".join(map(str, q)))
     got = run_check(check, "rules", str(table), data=("\n".join(lines) + "\n").encode())
     assert got[0] == "ready"
-    assert got[1:] == python_decisions(layer, queries)
+    assert got[1:] == python_decisions(layer, debugger, queries)
 
 
 def test_skip_matches_the_executable_or_argv0(check: Path, tmp_path: Path) -> None:

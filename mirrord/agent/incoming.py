@@ -6,22 +6,34 @@ HTTP filters); each client's subscriptions end with it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import json
 import logging
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
 
+from mirrord.agent.http_steal import (
+    Channel,
+    Destination,
+    Drain,
+    Sink,
+    SocketDestination,
+    StealError,
+    serve_stolen_http,
+)
 from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession, Feature
+from mirrord.http.head import RequestHead
 from mirrord.protocol import IncomingConnection, IncomingFd, Subscribe, Subscribed, Unsubscribe
-from mirrord.wire.mux import Pipe, TcpPipe, splice
+from mirrord.wire.mux import Pipe, splice
 
 log = logging.getLogger("mirrord.agent")
 SO_ORIGINAL_DST = 80
@@ -48,22 +60,174 @@ async def connect_unredirected(host: str, port: int) -> anyio.abc.SocketStream:
     return await anyio.abc.SocketStream.from_socket(sock)
 
 
+#: Pause of the stealing listener after accept() failed (EMFILE: out of descriptors).
+ACCEPT_BACKOFF = 0.1
+#: Requests one subscriber may have in flight (each holds a connection through its intproxy).
+MAX_IN_FLIGHT = 64
+#: How long a matching request waits for one of those before it is answered 503.
+QUEUE_TIMEOUT = 10.0
+#: Errors that mean a client (its link, its task group) went away under us.
+_SESSION_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, RuntimeError)
+
+
 @dataclass(eq=False)
 class _Stealer:
     session: ClientSession
     http_filter: Any  # HttpFilter | None
     want_fd: bool = False
+    #: a bounded queue: matching requests past MAX_IN_FLIGHT wait here (then get a 503)
+    slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(MAX_IN_FLIGHT))
+    gone: bool = False
+
+
+class _AppPipe:
+    """The Mux's side of an `_AppChannel` (the wire.mux.Pipe protocol)."""
+
+    datagram = False
+
+    def __init__(self, channel: _AppChannel) -> None:
+        self.channel = channel
+
+    async def receive(self, max_bytes: int) -> bytes:
+        return await self.channel.take(max_bytes)
+
+    async def send(self, data: bytes) -> None:
+        await self.channel.give(data)
+
+    async def send_eof(self) -> None:
+        self.channel.app_eof()
+
+    async def close(self, reset: bool) -> None:
+        self.channel.lost("the local app's connection was reset" if reset else "")
+
+
+class _AppChannel(Channel):
+    """Requests to the developer's app, as one connection of its session's Mux.
+
+    No socket in between: the engine's bytes become Data frames in the Mux's pump, and the
+    app's answers are parsed in the pump that received them."""
+
+    name = "local app"
+    HIGH, LOW = 256 * 1024, 64 * 1024
+
+    def __init__(self, sink: Sink, stealer: _Stealer) -> None:
+        self.sink = sink
+        self.stealer = stealer
+        self.pipe = _AppPipe(self)
+        self.out = bytearray()
+        self.eof = False
+        self.aborted = False
+        self.full = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # the engine's side
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            return
+        self.out += data
+        self._readable.set()
+        if len(self.out) > self.HIGH and not self.full:
+            self.full = True
+            self.sink.target_paused(True)
+
+    def write_eof(self) -> None:
+        self.eof = True
+        self._readable.set()
+
+    def pause_reading(self) -> None:
+        self._writable.clear()
+
+    def resume_reading(self) -> None:
+        self._writable.set()
+
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stealer.slots.release()
+        self.eof = True
+        self.aborted = self.aborted or abort
+        self._readable.set()
+        self._writable.set()
+
+    # the Mux's side
+    async def take(self, max_bytes: int) -> bytes:
+        while not self.out:
+            if self.aborted:
+                raise anyio.BrokenResourceError
+            if self.eof:
+                raise anyio.EndOfStream
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = bytes(self.out[:max_bytes])
+        del self.out[:max_bytes]
+        if self.full and len(self.out) < self.LOW:
+            self.full = False
+            self.sink.target_paused(False)
+        return chunk
+
+    async def give(self, data: bytes) -> None:
+        if self.closed:
+            return  # answers after we stopped listening (e.g. the client went)
+        self.sink.target_data(self, data)
+        await self._writable.wait()  # the client reads slowly: so must the app's answers go
+
+    def app_eof(self) -> None:
+        if not self.closed:
+            self.sink.target_eof(self)
+
+    def lost(self, error: str) -> None:
+        if not self.closed:
+            self.close()
+            self.sink.target_lost(self, error or "the local app closed the connection")
+
+
+class _StealerDestination:
+    """A matching request's way to a subscriber: a new connection of its session's Mux."""
+
+    def __init__(self, stealer: _Stealer, target: tuple[str, int], peer: tuple[str, int]):
+        self.key = stealer
+        self.stealer = stealer
+        self.target = target
+        self.peer = peer
+
+    async def open(self, sink: Sink) -> Channel:
+        stealer = self.stealer
+        try:
+            with anyio.fail_after(QUEUE_TIMEOUT):
+                await stealer.slots.acquire()
+        except TimeoutError:
+            raise StealError(
+                f"the local app has {MAX_IN_FLIGHT} requests in flight and took no other"
+                f" for {QUEUE_TIMEOUT:.0f} s",
+                503,
+            ) from None
+        channel = _AppChannel(sink, stealer)
+        if stealer.gone or not await deliver(
+            stealer.session, channel.pipe, self.target, self.peer, "steal"
+        ):
+            channel.close()
+            raise StealError("the local app's session is gone", fallback=True)
+        return channel
 
 
 class StealService:
-    """One listener in the target; REDIRECT rules send subscribed ports to it."""
+    """One listener in the target; REDIRECT rules send subscribed ports to it.
+
+    Every stolen connection is served in a task of its own, and whatever goes wrong in it
+    (a client of the agent that went away mid-delivery) ends that connection only."""
 
     def __init__(self, state: AgentState) -> None:
         self.state = state
         self.subs: dict[int, list[_Stealer]] = {}
+        # filtered connections being served, per port: they go once the port is released
+        self.drains: dict[int, Drain] = {}
         # one listener and one table per IP version; IPv6 only where the target has it
         self.listeners: list[socket.socket] = []
         self.redirects: list[Redirects] = []
+        # iptables runs in a worker thread, one change at a time and in order
+        self._rules = anyio.Lock()
         for family, anywhere, tool in (
             (socket.AF_INET, "0.0.0.0", "iptables"),
             (socket.AF_INET6, "::", "ip6tables"),
@@ -85,45 +249,61 @@ class StealService:
         for sock in self.listeners:
             state.tg.start_soon(self._accept_loop, sock)
 
-    def subscribe(
+    async def subscribe(
         self, session: ClientSession, port: int, http_filter: Any, want_fd: bool = False
     ) -> None:
-        taken = self.subs.setdefault(port, [])
-        if any(s.session is session for s in taken):
-            return
-        if taken and (http_filter is None or any(s.http_filter is None for s in taken)):
-            # filtered steals share a port; a whole-port steal cannot share it
-            raise SubscribeError(
-                errno.EADDRINUSE, f"port {port} of the target is already stolen by another session"
-            )
-        try:
-            self.redirects[0].add(port)  # IPv4 is a must
-        except IptablesError as exc:
-            raise SubscribeError(errno.EPERM, str(exc)) from None
+        async with self._rules:
+            taken = self.subs.setdefault(port, [])
+            if any(s.session is session for s in taken):
+                return
+            if taken and (http_filter is None or any(s.http_filter is None for s in taken)):
+                # filtered steals share a port; a whole-port steal cannot share it
+                raise SubscribeError(
+                    errno.EADDRINUSE,
+                    f"port {port} of the target is already stolen by another session",
+                )
+            try:
+                await anyio.to_thread.run_sync(self._add_rules, port)
+            except IptablesError as exc:
+                if not taken:
+                    del self.subs[port]
+                raise SubscribeError(errno.EPERM, str(exc)) from None
+            # a client on this host may take the stolen sockets themselves: nothing to relay
+            taken.append(_Stealer(session, http_filter, want_fd and session.link.can_pass_fds))
+        log.info("stealing port %d%s", port, " (filtered)" if http_filter else "")
+
+    def _add_rules(self, port: int) -> None:
+        self.redirects[0].add(port)  # IPv4 is a must
         for redirects in self.redirects[1:]:
             try:
                 redirects.add(port)
             except IptablesError as exc:
                 log.info("port %d: no IPv6 stealing: %s", port, exc)
-        # a client on this host may take the stolen sockets themselves: nothing to relay
-        taken.append(_Stealer(session, http_filter, want_fd and session.link.can_pass_fds))
-        log.info("stealing port %d%s", port, " (filtered)" if http_filter else "")
 
-    def unsubscribe(self, session: ClientSession, port: int) -> None:
-        left = [s for s in self.subs.get(port, []) if s.session is not session]
-        if left:
-            self.subs[port] = left
-            return
-        if self.subs.pop(port, None) is not None:
-            for redirects in self.redirects:
-                redirects.remove(port)
-            log.info("released port %d", port)
+    def _remove_rules(self, port: int) -> None:
+        for redirects in self.redirects:
+            redirects.remove(port)
 
-    def drop_session(self, session: ClientSession) -> None:
+    async def unsubscribe(self, session: ClientSession, port: int) -> None:
+        async with self._rules:
+            for stealer in self.subs.get(port, []):
+                if stealer.session is session:
+                    stealer.gone = True
+            left = [s for s in self.subs.get(port, []) if s.session is not session]
+            if left:
+                self.subs[port] = left
+                return
+            if self.subs.pop(port, None) is not None:
+                await anyio.to_thread.run_sync(self._remove_rules, port)
+                self.drains.pop(port, Drain()).start()
+                log.info("released port %d", port)
+
+    async def drop_session(self, session: ClientSession) -> None:
         for port in list(self.subs):
-            self.unsubscribe(session, port)
+            await self.unsubscribe(session, port)
 
     def close(self) -> None:
+        """At the agent's exit (also on SIGTERM), after the loop: every rule goes."""
         self.subs.clear()
         for redirects in self.redirects:
             redirects.close()
@@ -136,32 +316,52 @@ class StealService:
             await anyio.wait_readable(listener)
             try:
                 conn, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: the connection waits in the backlog; so do we
+                log.warning("stealing: accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
+                await anyio.sleep(ACCEPT_BACKOFF)
                 continue
             assert self.state.tg is not None
             self.state.tg.start_soon(self._handle, conn, peer)
 
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
+            await self._serve(conn, peer)
+        except Exception:
+            log.exception("a stolen connection from %s:%s failed", *peer[:2])
+        finally:
+            # (the event loop may have closed it already, as the owner of its transport)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
             target = original_destination(conn)
         except OSError:
-            conn.close()
             return
-        stealers = self.subs.get(target[1], [])
-        whole = [
-            s for s in stealers if s.http_filter is None or not s.http_filter.applies_to(target[1])
-        ]
+        port = target[1]
+        stealers = self.subs.get(port, [])
+        whole = [s for s in stealers if s.http_filter is None or not s.http_filter.applies_to(port)]
         if whole and whole[0].want_fd:
-            await hand_over(whole[0].session, conn, target, peer)
+            if await hand_over(whole[0].session, conn, target, peer):
+                return
+            conn.setblocking(False)
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
             return
-        conn.setblocking(False)
-        stream = await anyio.abc.SocketStream.from_socket(conn)
         if whole:
-            await deliver(whole[0].session, TcpPipe(stream), target, peer, "steal")
-        elif stealers:
-            await self._filtered(stream, stealers, target, peer)
+            conn.setblocking(False)
+            if await deliver(whole[0].session, conn, target, peer, "steal"):
+                return
+            # its session is gone: the connection goes on to the original service
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
+            return
+        if stealers:
+            await self._filtered(conn, port, target, peer)
         else:
-            await self._pass_through(stream, target)
+            conn.setblocking(False)
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
 
     async def _pass_through(self, stream: anyio.abc.SocketStream, target: tuple[str, int]) -> None:
         async with stream:
@@ -173,55 +373,84 @@ class StealService:
                 await splice(stream, original)
 
     async def _filtered(
-        self,
-        stream: anyio.abc.SocketStream,
-        stealers: list[_Stealer],
-        target: tuple[str, int],
-        peer: tuple[str, int],
+        self, conn: socket.socket, port: int, target: tuple[str, int], peer: tuple[str, int]
     ) -> None:
-        from mirrord.agent.http_steal import serve_stolen_http
-
-        async def choose(head: Any) -> anyio.abc.ByteStream | None:
-            for stealer in stealers:
-                if stealer.http_filter.matches(head.method, head.path, head.headers):
-                    # a socket pair: one end for the HTTP engine, the other relayed to the app
-                    ours, theirs = socket.socketpair()
-                    await deliver(
-                        stealer.session,
-                        TcpPipe(await anyio.abc.SocketStream.from_socket(theirs)),
-                        target,
-                        peer,
-                        "steal",
-                    )
-                    return await anyio.abc.SocketStream.from_socket(ours)
+        def choose(head: RequestHead) -> Destination | None:
+            # the subscribers of now: one that left since the connection came gets no more
+            for stealer in self.subs.get(port, ()):
+                if stealer.http_filter is not None and stealer.http_filter.matches(
+                    head.method, head.path, head.headers
+                ):
+                    return _StealerDestination(stealer, target, peer)
             return None
 
-        async with stream:
-            await serve_stolen_http(stream, choose, lambda: connect_unredirected(*target))
+        original = SocketDestination(
+            None, "original service", lambda: connect_socket("tcp", *target, mark=MARK)
+        )
+        drain = self.drains.setdefault(port, Drain())
+        await serve_stolen_http(conn, choose, original, drain=drain)
+
+
+class MirrorBudget:
+    """What all mirrored connections of one agent may hold, and what mirroring dropped.
+
+    A mirrored connection whose subscriber reads too slowly is cut (its app sees a reset) once
+    it holds `PER_FLOW` bytes, or when all of them together would pass `TOTAL`: the capture
+    never waits, and memory stays bounded however many connections there are."""
+
+    PER_FLOW = 16 * 1024 * 1024
+    TOTAL = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.dropped_bytes = 0
+        self.cut_connections = 0
+
+    def stats(self) -> str:
+        return (
+            f"{self.cut_connections} mirrored connections cut for a slow subscriber,"
+            f" {self.dropped_bytes} bytes not delivered"
+        )
 
 
 class MirrorPipe:
-    """The agent's end of a mirrored connection: sniffed bytes go out, answers are dropped.
-
-    The sniffer must never wait for a slow app: past `LIMIT` buffered bytes the mirrored
-    connection is cut (the app sees a reset) instead of stalling every other capture.
-    """
+    """The agent's end of a mirrored connection: sniffed bytes go out, answers are dropped."""
 
     datagram = False
-    LIMIT = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, budget: MirrorBudget | None = None) -> None:
+        self.budget = budget or MirrorBudget()
         self.buf = bytearray()
         self.ended = False
         self.broken = False
         self._ready = anyio.Event()
 
     def feed(self, data: bytes) -> None:
-        if len(self.buf) + len(data) > self.LIMIT:
-            self.broken = True
+        budget = self.budget
+        if self.broken:
+            budget.dropped_bytes += len(data)
+            return
+        if len(self.buf) + len(data) > budget.PER_FLOW or budget.held + len(data) > budget.TOTAL:
+            self._cut()
+            budget.dropped_bytes += len(data)
         else:
             self.buf += data
+            budget.held += len(data)
         self._ready.set()
+
+    def _cut(self) -> None:
+        budget = self.budget
+        self.broken = True
+        budget.cut_connections += 1
+        budget.dropped_bytes += len(self.buf)
+        self._release()
+        log.warning(
+            "mirror: a subscriber does not keep up, one connection cut (%s)", budget.stats()
+        )
+
+    def _release(self) -> None:
+        self.budget.held -= len(self.buf)
+        self.buf.clear()
 
     def finish(self, reset: bool) -> None:
         self.ended = True
@@ -231,6 +460,7 @@ class MirrorPipe:
     async def receive(self, max_bytes: int) -> bytes:
         while not self.buf or self.broken:
             if self.broken:
+                self._release()
                 raise anyio.BrokenResourceError
             if self.ended:
                 raise anyio.EndOfStream
@@ -238,6 +468,7 @@ class MirrorPipe:
             await self._ready.wait()
         chunk = bytes(self.buf[:max_bytes])
         del self.buf[:max_bytes]
+        self.budget.held -= len(chunk)
         return chunk
 
     async def send(self, data: bytes) -> None:
@@ -247,7 +478,7 @@ class MirrorPipe:
         pass
 
     async def close(self, reset: bool) -> None:
-        self.buf.clear()
+        self._release()
         self.ended = True
         self._ready.set()
 
@@ -260,32 +491,33 @@ class MirrorService:
 
         self.state = state
         self.sniffer = Sniffer([])
+        self.budget = MirrorBudget()
         self.subs: dict[int, list[ClientSession]] = {}
         self.pipes: dict[Any, list[MirrorPipe]] = {}
         assert state.tg is not None
         state.tg.start_soon(self._run)
 
-    def subscribe(self, session: ClientSession, port: int) -> None:
+    async def subscribe(self, session: ClientSession, port: int) -> None:
         sessions = self.subs.setdefault(port, [])
         if session not in sessions:
             sessions.append(session)
         self.sniffer.update_ports(self.subs)
         log.info("mirroring port %d", port)
 
-    def unsubscribe(self, session: ClientSession, port: int) -> None:
+    async def unsubscribe(self, session: ClientSession, port: int) -> None:
         sessions = [s for s in self.subs.get(port, []) if s is not session]
         if sessions:
             self.subs[port] = sessions
         elif self.subs.pop(port, None) is not None:
             self.sniffer.update_ports(self.subs)
 
-    def drop_session(self, session: ClientSession) -> None:
+    async def drop_session(self, session: ClientSession) -> None:
         for port in list(self.subs):
-            self.unsubscribe(session, port)
+            await self.unsubscribe(session, port)
 
     def close(self) -> None:
         self.subs.clear()
-        log.info("mirror capture: %s", self.sniffer.stats())
+        log.info("mirror capture: %s; %s", self.sniffer.stats(), self.budget.stats())
         self.sniffer.close()
 
     async def _run(self) -> None:
@@ -300,45 +532,63 @@ class MirrorService:
                 flow = event.flow
                 pipes = self.pipes[flow] = []
                 for session in self.subs.get(flow.dport, ()):
-                    pipe = MirrorPipe()
+                    pipe = MirrorPipe(self.budget)
                     pipes.append(pipe)
-                    # bytes wait in the pipe until the client has heard of the connection
+                    # bytes wait in the pipe until the client has heard of the connection;
+                    # a client gone meanwhile only loses its copy (deliver says so, not raises)
                     self.state.tg.start_soon(
-                        deliver,
-                        session,
-                        pipe,
-                        (flow.dst, flow.dport),
-                        (flow.src, flow.sport),
-                        "mirror",
+                        self._deliver, session, pipe, (flow.dst, flow.dport), (flow.src, flow.sport)
                     )
             elif isinstance(event, StreamClosed):
                 for pipe in self.pipes.pop(event.flow, ()):
                     pipe.finish(event.reset)
 
+    @staticmethod
+    async def _deliver(
+        session: ClientSession, pipe: MirrorPipe, target: tuple[str, int], peer: tuple[str, int]
+    ) -> None:
+        if not await deliver(session, pipe, target, peer, "mirror"):
+            await pipe.close(reset=True)
+
 
 async def deliver(
-    session: ClientSession, pipe: Pipe, target: tuple[str, int], peer: tuple[str, int], mode: str
-) -> None:
-    """Announce an incoming connection to a client, then relay it."""
+    session: ClientSession,
+    end: Pipe | socket.socket,
+    target: tuple[str, int],
+    peer: tuple[str, int],
+    mode: str,
+) -> bool:
+    """Announce an incoming connection to a client, then relay it (a socket as it is);
+    False if the client is gone (its link closed, its task group ended): the caller
+    decides what becomes of it."""
     conn = session.state.new_conn_id()
-    await session.link.send(
-        IncomingConnection(
-            conn=conn,
-            port=target[1],
-            mode=mode,
-            remote_host=peer[0],
-            remote_port=peer[1],
-            local_host=target[0],
-            local_port=target[1],
+    try:
+        await session.link.send(
+            IncomingConnection(
+                conn=conn,
+                port=target[1],
+                mode=mode,
+                remote_host=peer[0],
+                remote_port=peer[1],
+                local_host=target[0],
+                local_port=target[1],
+            )
         )
-    )
-    session.mux.attach(conn, pipe)
+        if isinstance(end, socket.socket):
+            await session.mux.attach_socket(conn, end)
+        else:
+            session.mux.attach(conn, end)
+    except _SESSION_GONE as exc:
+        log.info("a %s connection for a client that is gone: %r", mode, exc)
+        return False
+    return True
 
 
 async def hand_over(
     session: ClientSession, conn: socket.socket, target: tuple[str, int], peer: tuple[str, int]
-) -> None:
-    """Give a stolen connection's socket to a client on this host, and forget it."""
+) -> bool:
+    """Give a stolen connection's socket to a client on this host (the caller closes its own
+    copy); False if the client is gone."""
     try:
         await session.link.send(
             IncomingFd(
@@ -350,8 +600,10 @@ async def hand_over(
             ),
             fd=conn.fileno(),
         )
-    finally:
-        conn.close()
+    except _SESSION_GONE as exc:
+        log.info("a stolen socket for a client that is gone: %r", exc)
+        return False
+    return True
 
 
 class IncomingFeature(Feature):
@@ -372,7 +624,7 @@ class IncomingFeature(Feature):
         if isinstance(msg, Unsubscribe):
             mode = self.ports.pop(msg.port, None)
             if mode is not None:
-                self._service(mode).unsubscribe(self.session, msg.port)
+                await self._service(mode).unsubscribe(self.session, msg.port)
             return
         if msg.mode not in ("steal", "mirror"):
             await self.session.reply_failure(msg, errno.EINVAL, f"unknown mode {msg.mode!r}")
@@ -381,9 +633,9 @@ class IncomingFeature(Feature):
             http_filter = _parse_filter(msg.http_filter)
             service = self._service(msg.mode)
             if isinstance(service, StealService):
-                service.subscribe(self.session, msg.port, http_filter, msg.want_fd)
+                await service.subscribe(self.session, msg.port, http_filter, msg.want_fd)
             else:
-                service.subscribe(self.session, msg.port)
+                await service.subscribe(self.session, msg.port)
         except (OSError, ValueError) as exc:
             code = getattr(exc, "errno", None) or errno.EINVAL
             await self.session.reply_failure(msg, code, str(exc))
@@ -393,7 +645,7 @@ class IncomingFeature(Feature):
 
     async def aclose(self) -> None:
         for mode in set(self.ports.values()):
-            self._service(mode).drop_session(self.session)
+            await self._service(mode).drop_session(self.session)
         self.ports.clear()
 
 

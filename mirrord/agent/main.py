@@ -11,9 +11,6 @@ import socket
 import sys
 from pathlib import Path
 
-import anyio
-import anyio.abc
-
 from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
@@ -120,5 +117,4 @@ def _remove_stale_rules() -> None:
 
 
 async def _run(listen_sock: socket.socket, state: AgentState) -> None:
-    # works for TCP and unix sockets alike
-    await serve(await anyio.abc.SocketListener.from_socket(listen_sock), state)
+    await serve(listen_sock, state)

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
-from mirrord.protocol import Message, Ping, Pong, ProtocolError
+from mirrord.protocol import Message, Ping, Pong
+from mirrord.protocol.directions import refusal
 from mirrord.wire.link import Link
 from mirrord.wire.mux import Mux
 
@@ -89,16 +90,18 @@ class ClientSession:
 
     async def serve(self) -> None:
         while True:
-            msg = await self.link.receive()
-            if await self.mux.handle(msg):
-                continue
+            msg = await self.link.receive()  # connection frames went to the Mux already
             feature = self._routes.get(type(msg))
             if feature is not None:
                 self.tg.start_soon(self.link.guarded, feature.handle, msg, "agent")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
             else:
-                raise ProtocolError(f"unexpected {msg.TAG} from a client", "unexpected")
+                # not ours to take: a request gets an error, the client's link goes on
+                log.warning("a client sent %s, which the agent does not take", msg.TAG)
+                reply = refusal(msg, "the agent")
+                if reply is not None:
+                    await self.link.send(reply)
 
     async def reply_failure(self, msg: Any, code: int, text: str, kind: str = "os") -> None:
         await self.link.reply_failure(msg.req, code, text, kind)

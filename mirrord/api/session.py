@@ -192,6 +192,7 @@ class Mirror:
                 local_host="127.0.0.1",
                 local_port=self._listener.getsockname()[1],
                 want_fd=False,
+                listener=os.fstat(self._listener.fileno()).st_ino,
             )
         )
         if isinstance(reply, RequestFailed):

@@ -8,12 +8,16 @@ from typing import Any
 
 import click
 
+from mirrord import __version__
 from mirrord.cli.config_commands import schema_command, verify_config_command
 from mirrord.cli.options import session_options
 from mirrord.errors import MirrordError
 
 
 @click.group()
+@click.version_option(
+    __version__, "-V", "--version", prog_name="mirrord", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """Run a local process as if it were inside your staging target."""
 
@@ -93,7 +97,7 @@ cli.add_command(schema_command)
 
 def _with_default_command(argv: list[str]) -> list[str]:
     """`mirrord [options] app.py` means `mirrord run [options] app.py`."""
-    if not argv or argv[0] in ("-h", "--help", "--version"):
+    if not argv or argv[0] in ("-h", "--help", "-V", "--version"):
         return argv
     if argv[0] in cli.commands:
         return argv

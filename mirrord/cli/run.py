@@ -12,6 +12,7 @@ from mirrord.config import ConfigError, load_config
 from mirrord.config.verify import verify_config
 from mirrord.errors import MirrordError
 from mirrord.launch.environment import app_environment, read_file_vars
+from mirrord.launch.program import is_python, no_layer_hint
 from mirrord.launch.start import start_session
 
 
@@ -42,6 +43,8 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
         cfg.target.path or "targetless",
         cfg.layer_settings(),
         log_level=options.get("log_level") or "info",
+        # a program that is not Python was warned about already, up front
+        no_layer_warning=no_layer_hint(argv) if is_python(argv[0]) else None,
     )
     env = app_environment(cfg, session, os.environ, file_vars)
     sys.stdout.flush()

@@ -9,8 +9,9 @@ from mirrord.config import MirrordConfig
 from mirrord.config.env_file import EnvFileError, read_env_file
 from mirrord.config.env_select import select_env, without_unset
 from mirrord.errors import MirrordError
+from mirrord.launch.hook import hook_dir, python_path_with_hook
 from mirrord.launch.native import native_env
-from mirrord.launch.start import HOOK_DIR, RunningSession, python_path_with_hook
+from mirrord.launch.start import RunningSession
 
 
 def read_file_vars(cfg: MirrordConfig) -> dict[str, str]:
@@ -38,5 +39,5 @@ def app_environment(
     env = without_unset(env, cfg.env.unset)
     env.update(session.layer_env())
     env["PYTHONPATH"] = python_path_with_hook(env.get("PYTHONPATH"))
-    env.update(native_env(cfg, session.layer_settings, HOOK_DIR, env))
+    env.update(native_env(cfg, session.layer_settings, hook_dir(), env))
     return env

@@ -15,6 +15,7 @@ from mirrord.config import MirrordConfig
 from mirrord.layer.context import LayerSettings
 from mirrord.native.table import ENV as RULES_ENV
 from mirrord.native.table import relay_table
+from mirrord.settings.debugger import IGNORE_ENV, DebuggerPorts
 
 HOOK_DIR_ENV = "MIRRORD_HOOK_DIR"
 
@@ -43,7 +44,8 @@ def native_env(
     if not preload:
         return {}
     current = [p for p in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
-    table = relay_table(LayerSettings.from_dict(layer_settings), skipped_processes(cfg))
+    debugger = DebuggerPorts.parse(env.get(IGNORE_ENV, ""))
+    table = relay_table(LayerSettings.from_dict(layer_settings), skipped_processes(cfg), debugger)
     return {
         "LD_PRELOAD": ":".join(dict.fromkeys([*preload, *current])),
         RULES_ENV: table,

@@ -24,9 +24,15 @@ def last_lines(path: Path, count: int = 8) -> str:
 
 
 def spawn_ready(
-    what: str, argv: list[str], env: dict[str, str], log: Path, timeout: float
+    what: str,
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    timeout: float,
+    pass_fds: tuple[int, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Start a detached helper, wait for its JSON ready line on stdout."""
+    """Start a detached helper, wait for its JSON ready line on stdout (its stderr is
+    its log; `pass_fds` stay open in it under the same numbers)."""
     with log.open("ab") as log_file:
         proc = subprocess.Popen(
             argv,
@@ -35,6 +41,7 @@ def spawn_ready(
             stdout=subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,  # Ctrl-C in the terminal is for the app, not for us
+            pass_fds=pass_fds,
         )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirrord.errors import MirrordError
+from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn_ready
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
@@ -18,7 +20,6 @@ from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.protocol import Env, GetEnv, RequestFailed
 from mirrord.targets.local import LocalTarget, TargetError
 
-HOOK_DIR = Path(__file__).resolve().parents[2] / "sitecustomize_hook"
 START_TIMEOUT = 30.0
 
 
@@ -34,7 +35,7 @@ class RunningSession:
     layer_settings: dict = field(default_factory=dict)
 
     def client(self) -> ProxyClient:
-        return ProxyClient(self.proxy_socket, self.proxy_token)
+        return ProxyClient(self.proxy_socket, self.proxy_token, name="cli")
 
     def remote_env(self) -> dict[str, str]:
         try:
@@ -48,23 +49,12 @@ class RunningSession:
 
     def layer_env(self) -> dict[str, str]:
         """Variables that load the layer into a Python program and point it at us."""
-        package_root = str(Path(__file__).resolve().parents[2])
-        dependency_dirs = {
-            str(Path(module.__file__).resolve().parent.parent) for module in _layer_dependencies()
-        }
         return {
             SOCKET_ENV: self.proxy_socket,
             TOKEN_ENV: self.proxy_token,
             SETTINGS_ENV: json.dumps(self.layer_settings),
-            "MIRRORD_LAYER_PATH": os.pathsep.join([package_root, *sorted(dependency_dirs)]),
+            LAYER_PATH_ENV: layer_path(),
         }
-
-
-def _layer_dependencies() -> list:
-    import msgpack
-    import wrapt
-
-    return [msgpack, wrapt]
 
 
 def check_target(target: str) -> LocalTarget:
@@ -83,13 +73,48 @@ def start_session(
     *,
     watch_pid: int | None = None,
     log_level: str = "info",
+    no_layer_warning: str | None = None,
 ) -> RunningSession:
     """Start (or join) the target's agent and start an intproxy; the intproxy ends when
-    `watch_pid` (default: us, who become the app) ends."""
+    `watch_pid` (default: us, who become the app) ends. With `no_layer_warning`, the
+    intproxy prints that line on our stderr if no layer has connected a few seconds on."""
     check_target(target)
     workdir = Path(tempfile.mkdtemp(prefix="mirrord-"))
     proxy_token = secrets.token_hex(16)
+    # the intproxy's one line for the user goes to our stderr (its own is its log)
+    warn_fd = os.dup(2) if no_layer_warning else None
+    try:
+        proxy = _start_intproxy(
+            target, workdir, proxy_token, watch_pid, log_level, warn_fd, no_layer_warning
+        )
+    finally:
+        if warn_fd is not None:
+            os.close(warn_fd)
+    return RunningSession(
+        target=target,
+        workdir=workdir,
+        proxy_socket=str(workdir / "proxy.sock"),
+        proxy_token=proxy_token,
+        proxy_pid=proxy.pid,
+        layer_settings=layer_settings,
+    )
+
+
+def _start_intproxy(
+    target: str,
+    workdir: Path,
+    proxy_token: str,
+    watch_pid: int | None,
+    log_level: str,
+    warn_fd: int | None,
+    no_layer_warning: str | None,
+) -> subprocess.Popen[bytes]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
+    warning_args = (
+        ["--warn-fd", str(warn_fd), "--no-layer-warning", no_layer_warning]
+        if warn_fd is not None and no_layer_warning
+        else []
+    )
     # a found agent may be leaving (idle) just as we join it: then start a fresh one
     for attempt in range(2):
         agent = agent_for(target, log_level=log_level, env=base_env)
@@ -111,6 +136,7 @@ def start_session(
                     "--log-level",
                     log_level,
                     *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
+                    *warning_args,
                 ],
                 {
                     **base_env,
@@ -119,21 +145,10 @@ def start_session(
                 },
                 workdir / "intproxy.log",
                 START_TIMEOUT,
+                pass_fds=(warn_fd,) if warn_fd is not None else (),
             )
-            break
+            return proxy
         except MirrordError as exc:
             if agent.started or attempt:
                 raise MirrordError(f"{exc}\nagent log: {agent.log}") from None
-    return RunningSession(
-        target=target,
-        workdir=workdir,
-        proxy_socket=str(workdir / "proxy.sock"),
-        proxy_token=proxy_token,
-        proxy_pid=proxy.pid,
-        layer_settings=layer_settings,
-    )
-
-
-def python_path_with_hook(current: str | None) -> str:
-    parts = [str(HOOK_DIR)] + [p for p in (current or "").split(os.pathsep) if p]
-    return os.pathsep.join(dict.fromkeys(parts))
+    raise AssertionError("unreachable")

@@ -37,14 +37,14 @@ _FD_SPACE = socket.CMSG_SPACE(16 * 4)
 
 
 class _Channel:
-    def __init__(self, path: str, token: str) -> None:
+    def __init__(self, path: str, token: str, name: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(REQUEST_TIMEOUT)
         self.codec = Codec()
         self.fds: list[int] = []
         try:
             self.sock.connect(path)
-            handshake = ClientHandshake(token, f"layer pid {os.getpid()}")
+            handshake = ClientHandshake(token, f"{name} pid {os.getpid()}")
             self.sock.sendall(encode(handshake.hello))
             handshake.receive(self.receive())
         except BaseException:
@@ -78,40 +78,57 @@ class _Channel:
 
 
 class ProxyClient:
-    """Synchronous request/reply with the intproxy, safe across threads and fork()."""
+    """Synchronous request/reply with the intproxy, safe across threads and fork().
 
-    def __init__(self, path: str, token: str) -> None:
+    Channels are pooled: a request takes an idle one (or opens one) and gives it back,
+    so a thread that ends holds nothing and an app that ran a thousand threads keeps a
+    handful of descriptors; the intproxy knows the app is alive by its idle channel."""
+
+    #: Idle channels kept open; more are opened while threads wait on requests at once.
+    IDLE_CHANNELS = 4
+
+    def __init__(self, path: str, token: str, name: str = "layer") -> None:
+        """`name` tells the intproxy who we are: "layer" inside the app, "cli" for the
+        CLI's own requests (which do not show that the app's layer loaded)."""
         self.path = path
         self.token = token
-        self._local = threading.local()
+        self.name = name
         self._ids = itertools.count(1)
         self._pid = os.getpid()
-        self._channels: list[_Channel] = []
+        self._idle: list[_Channel] = []
+        self._open: set[_Channel] = set()  # idle or in use, for after_fork()
         self._lock = threading.Lock()
 
-    def _channel(self) -> _Channel:
+    def _checkout(self) -> _Channel:
         if self._pid != os.getpid():
             self.after_fork()
-        channel: _Channel | None = getattr(self._local, "channel", None)
-        if channel is None:
-            try:
-                channel = _Channel(self.path, self.token)
-            except ProtocolError as exc:
-                raise ProxyUnavailable(
-                    errno.ECONNREFUSED, f"mirrord: intproxy refused: {exc}"
-                ) from None
-            except OSError as exc:
-                raise ProxyUnavailable(
-                    exc.errno or errno.ECONNREFUSED, f"mirrord: cannot reach the intproxy: {exc}"
-                ) from None
-            self._local.channel = channel
-            with self._lock:
-                self._channels.append(channel)
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            channel = _Channel(self.path, self.token, self.name)
+        except ProtocolError as exc:
+            raise ProxyUnavailable(
+                errno.ECONNREFUSED, f"mirrord: intproxy refused: {exc}"
+            ) from None
+        except OSError as exc:
+            raise ProxyUnavailable(
+                exc.errno or errno.ECONNREFUSED, f"mirrord: cannot reach the intproxy: {exc}"
+            ) from None
+        with self._lock:
+            self._open.add(channel)
         return channel
 
+    def _checkin(self, channel: _Channel) -> None:
+        with self._lock:
+            if channel in self._open and len(self._idle) < self.IDLE_CHANNELS:
+                self._idle.append(channel)
+                return
+        self._drop(channel)
+
     def connect(self) -> None:
-        """Open this thread's channel now (the app's presence keeps the intproxy alive)."""
-        self._channel()
+        """Open a channel now and keep it (the app's presence keeps the intproxy alive)."""
+        self._checkin(self._checkout())
 
     def request(self, msg: Message) -> Message:
         """Send a request (its `req` is filled in) and wait for its reply."""
@@ -122,7 +139,7 @@ class ProxyClient:
 
     def request_fd(self, msg: Message) -> tuple[Message, int | None]:
         """Like `request`, with the socket a ConnectedFd reply carries (now the caller's)."""
-        channel = self._channel()
+        channel = self._checkout()
         req = next(self._ids)
         try:
             channel.sock.sendall(encode(with_req(msg, req)))
@@ -130,7 +147,7 @@ class ProxyClient:
                 reply = channel.receive()
                 fd = channel.take_fd() if _carries_fd(reply) else None
                 if getattr(reply, "req", None) == req:
-                    return reply, fd
+                    break
                 if fd is not None:
                     os.close(fd)
         except (OSError, ProtocolError) as exc:
@@ -140,10 +157,12 @@ class ProxyClient:
             raise ProxyUnavailable(
                 errno.ECONNABORTED, f"mirrord: intproxy link failed: {exc}"
             ) from None
+        self._checkin(channel)
+        return reply, fd
 
     def notify(self, msg: Message) -> None:
         """Send a message that has no reply."""
-        channel = self._channel()
+        channel = self._checkout()
         try:
             channel.sock.sendall(encode(msg))
         except OSError as exc:
@@ -151,20 +170,25 @@ class ProxyClient:
             raise ProxyUnavailable(
                 errno.ECONNABORTED, f"mirrord: intproxy link failed: {exc}"
             ) from None
+        self._checkin(channel)
+
+    def open_channels(self) -> int:
+        """How many channels to the intproxy this process holds (idle or in use)."""
+        return len(self._open)
 
     def _drop(self, channel: _Channel) -> None:
         channel.close()
-        self._local.channel = None
         with self._lock:
-            if channel in self._channels:
-                self._channels.remove(channel)
+            self._open.discard(channel)
+            if channel in self._idle:
+                self._idle.remove(channel)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's channels are not ours to use."""
-        for channel in self._channels:
+        for channel in list(self._open):
             channel.close()
-        self._channels = []
-        self._local = threading.local()
+        self._open = set()
+        self._idle = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
 

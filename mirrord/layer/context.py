@@ -9,13 +9,16 @@ import functools
 import ipaddress
 import json
 import socket
+import sys
+import sysconfig
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from mirrord.layer.client import ProxyClient
-from mirrord.protocol import Unsubscribe
+from mirrord.protocol import ListenerClosed
+from mirrord.settings.debugger import DebuggerPorts
 from mirrord.settings.outgoing_filter import OutgoingFilter
 
 #: How many resolved addresses remember the names they came from (for name filters).
@@ -90,23 +93,41 @@ class Redirect:
 
 @dataclass(slots=True)
 class Listening:
-    """A socket the app asked to listen on `requested`; the target's port is `remote_port`."""
+    """A socket the app asked to listen on port `requested_port`; the target's port is
+    `remote_port`. `inode` is the socket's own: it tells a reused fd from this socket, and
+    the intproxy knows the listener by it in every process that holds it."""
 
-    requested: tuple[Any, ...]
+    inode: int
+    requested_port: int
     remote_port: int
     subscribed: bool = False
 
 
+#: Modules of debuggers: their sockets to 127.0.0.1 are the developer's, not the target's.
+_DEBUGGER_MODULES = ("debugpy", "_pydevd", "pydevd", "_pydev")
+_STDLIB = tuple({sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"), "<frozen "})
+# site-packages usually lies inside the standard library's folder
+_SITE = tuple({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+
+
 class Context:
-    def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
+    def __init__(
+        self,
+        settings: LayerSettings,
+        client: ProxyClient,
+        debugger: DebuggerPorts | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
+        self.debugger = debugger or DebuggerPorts()
         # per-socket state keyed by fd: ssl.wrap_socket/detach make new objects for one fd
         self.redirects: dict[int, Redirect] = {}
         # unconnected UDP: fd -> {remote (host, port): relay (host, port)} and back
         self.udp_relays: dict[int, dict[tuple[str, int], tuple[str, int]]] = {}
         self.udp_remotes: dict[int, dict[tuple[str, int], tuple[Any, ...]]] = {}
         self.listening: dict[int, Listening] = {}
+        #: listening sockets (fd -> inode) the intproxy said are not the app's listeners
+        self.not_listeners: dict[int, int] = {}
         self._names: OrderedDict[str, set[str]] = OrderedDict()
         self._names_lock = threading.Lock()
 
@@ -125,12 +146,36 @@ class Context:
         self.redirects.pop(fd, None)
         self.udp_relays.pop(fd, None)
         self.udp_remotes.pop(fd, None)
+        self.not_listeners.pop(fd, None)
         listening = self.listening.pop(fd, None)
-        if listening is not None and listening.subscribed:
+        if listening is not None:
             try:
-                self.client.notify(Unsubscribe(port=listening.remote_port))
+                # other processes may hold the socket still: the intproxy decides
+                self.client.notify(ListenerClosed(listener=listening.inode))
             except OSError:
                 pass  # the intproxy is gone: so is the subscription
+
+
+def called_by_debugger(depth: int = 16) -> bool:
+    """Is a debugger's code (debugpy, pydevd) making the socket call?
+
+    A debugger talks to its adapter on 127.0.0.1 ports it picks at run time, so its
+    connections are told by who makes them: the nearest caller that is neither the
+    standard library nor mirrord. (The app's own code runs under the debugger's frames
+    too, further up: only the nearest caller counts.) Asked only for loopback addresses."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return False
+        name = frame.f_globals.get("__name__", "")
+        if not isinstance(name, str) or name.startswith(("mirrord.", "wrapt")):
+            continue
+        filename = frame.f_code.co_filename
+        if filename.startswith(_STDLIB) and not filename.startswith(_SITE):
+            continue
+        return name.startswith(_DEBUGGER_MODULES)
+    return False
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,9 +14,16 @@ from mirrord.layer.context import Context, LayerSettings
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
-from mirrord.layer.native_bridge import RELAY_SKIPPED, beside_relay, relay_state
+from mirrord.layer.native_bridge import (
+    RELAY_SKIPPED,
+    beside_relay,
+    relay_state,
+    stand_relay_down,
+)
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
+from mirrord.settings import debugger
+from mirrord.settings.debugger import DebuggerPorts
 
 SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
 TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
@@ -24,8 +31,10 @@ SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
 
 
 class Layer:
-    def __init__(self, settings: LayerSettings, client: ProxyClient) -> None:
-        self.context = Context(settings, client)
+    def __init__(
+        self, settings: LayerSettings, client: ProxyClient, debugger: DebuggerPorts | None = None
+    ) -> None:
+        self.context = Context(settings, client, debugger)
         dns = DnsPatches(self.context)
         all_families: list[PatchFamily] = [
             dns,
@@ -33,7 +42,8 @@ class Layer:
             IncomingPatches(self.context),
             FilePatches(self.context),
         ]
-        self.families = beside_relay(all_families)
+        # a debugger's sockets are told apart by Python frames: the Python layer keeps them
+        self.families = beside_relay(all_families, keep_sockets=bool(self.context.debugger))
         self._fork_hook = False
 
     @classmethod
@@ -42,8 +52,13 @@ class Layer:
         path = env.get(SOCKET_ENV)
         if not path or relay_state() == RELAY_SKIPPED:
             return None
+        argv = _command_line()
+        if debugger.is_debugger_helper(argv):
+            stand_relay_down()
+            return None  # a debugger's own process: the developer's, never the target's
         settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
-        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")))
+        ports = debugger.from_process(argv, os.environ)
+        return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")), ports)
 
     def install(self) -> None:
         for family in self.families:
@@ -64,3 +79,13 @@ class Layer:
                 self.context.client.connect()
             except OSError:
                 pass  # reported when the child first needs the intproxy
+
+
+def _command_line() -> list[str]:
+    """The process's real argv (sys.argv is not complete yet while site runs)."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [word.decode(errors="replace") for word in raw.split(b"\0")[:-1]]

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 
 from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
-from mirrord.layer.context import Context, Redirect, ip_kind, peer_shape
+from mirrord.layer.context import Context, Redirect, called_by_debugger, ip_kind, peer_shape
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.protocol import Connect, Connected, ConnectedFd, RequestFailed
@@ -56,7 +56,11 @@ class SocketPatches(PatchFamily):
         if kind is None:
             host = self._resolve_for_connect(sock, host, port)
             kind = ip_kind(host)
-        if kind == "loopback" and settings.ignore_localhost:
+        if kind == "loopback" and (
+            settings.ignore_localhost
+            or self.ctx.debugger.keeps_local(host, port)
+            or called_by_debugger()
+        ):
             return None
         if not settings.outgoing_filter.is_remote(proto, host, port, self.ctx.names_of(host)):
             return None
@@ -68,11 +72,13 @@ class SocketPatches(PatchFamily):
         return str(infos[0][4][0])
 
     def _ask_connect(
-        self, proto: str, host: str, port: int, want_fd: bool
+        self, proto: str, host: str, port: int, want_fd: bool, nonblocking: bool = False
     ) -> tuple[Connected, None] | tuple[ConnectedFd, int]:
         """Ask the intproxy to connect from the target; errors as the OSError a local
         connect would raise."""
-        request = Connect(req=0, proto=proto, host=host, port=port, want_fd=want_fd)
+        request = Connect(
+            req=0, proto=proto, host=host, port=port, want_fd=want_fd, nonblocking=nonblocking
+        )
         try:
             reply, fd = self.ctx.client.request_fd(request)
         except ProxyUnavailable as exc:
@@ -94,7 +100,9 @@ class SocketPatches(PatchFamily):
         known = self.ctx.redirects.get(fd)
         if known is not None and known.remote[:2] == peer_shape(sock.family, host, port)[:2]:
             return known  # connect() again on a connecting socket: same relay, same errno
-        reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host))
+        # a non-blocking socket (asyncio's) must not wait for a slow remote: see Connect
+        nonblocking = sock.gettimeout() == 0.0
+        reply, new_fd = self._ask_connect(proto, host, port, _adoptable(sock, host), nonblocking)
         if new_fd is not None:
             adopt_socket(sock, new_fd, proto)
             self.ctx.forget_fd(fd)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mirrord.layer.context import LayerSettings
+from mirrord.settings.debugger import DebuggerPorts
 from mirrord.settings.outgoing_filter import OutgoingFilter
 
 MAGIC = "mirrord-relay-rules 1"
@@ -36,8 +37,13 @@ def _filter_mode(flt: OutgoingFilter | None) -> str:
     return (flt.mode if flt is not None else None) or "none"
 
 
-def relay_table(settings: LayerSettings, skip_processes: Iterable[str] = ()) -> str:
-    """The table for a session with these settings."""
+def relay_table(
+    settings: LayerSettings,
+    skip_processes: Iterable[str] = (),
+    debugger: DebuggerPorts | None = None,
+) -> str:
+    """The table for a session with these settings (`debugger`: the ports a debugger
+    uses on this machine, MIRRORD_IGNORE_DEBUGGER_PORTS)."""
     out = settings.outgoing_filter
     lines = [
         MAGIC,
@@ -60,6 +66,7 @@ def relay_table(settings: LayerSettings, skip_processes: Iterable[str] = ()) -> 
     lines += [f"ignore_port {port}" for port in sorted(incoming.ignore_ports)]
     if incoming.ports is not None:
         lines += ["ports_only", *(f"port {port}" for port in sorted(incoming.ports))]
+    lines += [f"debugger_ports {a} {b}" for a, b in (debugger.ranges if debugger else ())]
     # a name with blanks cannot be a table word; no executable of a session has one
     lines += [f"skip {name}" for name in skip_processes if name and name.split() == [name]]
     return "\n".join(lines) + "\n"

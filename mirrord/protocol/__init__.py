@@ -33,6 +33,10 @@ from mirrord.protocol.incoming import (
     ConnInfoReply,
     IncomingConnection,
     IncomingFd,
+    ListenerClosed,
+    ListenerInfo,
+    ListenerInfoReply,
+    RegisterListener,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -61,6 +65,10 @@ from mirrord.protocol.messages import (
 )
 
 __all__ = [
+    "RegisterListener",
+    "ListenerInfoReply",
+    "ListenerInfo",
+    "ListenerClosed",
     "FileAccess",
     "FileClose",
     "FileData",

@@ -26,6 +26,9 @@ class Subscribe(Message):
     local_port: int
     #: the sender can take stolen sockets themselves (IncomingFd) rather than relayed bytes
     want_fd: bool
+    #: on the layer link, the listening socket's inode: the subscription lives as long as
+    #: that socket does, in whichever process holds it (0 on the agent link)
+    listener: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,53 @@ class Subscribed(Message):
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe(Message):
+    """Intproxy -> agent: the app's last listener of `port` is gone."""
+
     TAG: ClassVar[str] = "unsubscribe"
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterListener(Message):
+    """Layer -> intproxy, at bind(): the socket with inode `listener` is the app's listener
+    for `requested_port` (the target's `remote_port`), wherever it is used from now on.
+
+    A listening socket often lives in several processes (reloaders and prefork servers
+    bind in one and accept in another): any of them can recover this by the inode."""
+
+    TAG: ClassVar[str] = "register_listener"
+    req: int
+    listener: int
+    requested_port: int
+    remote_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerInfo(Message):
+    """Layer -> intproxy: is the socket with this inode one of the app's listeners?"""
+
+    TAG: ClassVar[str] = "listener_info"
+    req: int
+    listener: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerInfoReply(Message):
+    TAG: ClassVar[str] = "listener_info_reply"
+    req: int
+    known: bool
+    requested_port: int
+    remote_port: int
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerClosed(Message):
+    """Layer -> intproxy: this process closed its descriptor of the listener; the
+    subscription ends when no process holds the socket any more."""
+
+    TAG: ClassVar[str] = "listener_closed"
+    listener: int
 
 
 @dataclass(frozen=True, slots=True)

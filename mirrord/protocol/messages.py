@@ -81,6 +81,8 @@ class Connect(Message):
 
     `want_fd`: the sender can take the connected socket itself (SCM_RIGHTS over a unix
     socket on the same host); the answer is then ConnectedFd instead of Connected.
+    `nonblocking`: the app's socket is non-blocking; its connect() must not wait for a
+    slow remote (the intproxy may answer with a relay before the agent has connected).
     """
 
     TAG: ClassVar[str] = "connect"
@@ -89,6 +91,7 @@ class Connect(Message):
     host: str
     port: int
     want_fd: bool
+    nonblocking: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 
 from mirrord.protocol import (
+    Connected,
     ConnectedFd,
     IncomingConnection,
     IncomingFd,
@@ -35,6 +36,8 @@ class _Pending:
     done: anyio.Event = field(default_factory=anyio.Event)
     reply: Message | None = None
     fd: int | None = None
+    #: a Connect of this protocol: its connection must be known before its first Data
+    connects: str | None = None
 
 
 class AgentGone(Exception):
@@ -47,6 +50,7 @@ class AgentClient:
     def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
         self.link = link
         self.mux = Mux(link, tg)
+        self.mux.announcements = self._announced
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
@@ -69,20 +73,34 @@ class AgentClient:
         req = next(self._ids)
         if self.gone is not None:
             return self._failure(req), None
-        pending = self._pending[req] = _Pending()
+        pending = self._pending[req] = _Pending(connects=getattr(msg, "proto", None))
         try:
             await self.link.send(with_req(msg, req))
             await pending.done.wait()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return self._failure(req), None
         except BaseException:
+            # cancelled while the answer was on its way: nobody will use what it brought
             if pending.fd is not None:
-                os.close(pending.fd)  # cancelled while the socket was on its way
+                os.close(pending.fd)
+            if isinstance(pending.reply, Connected) and pending.connects is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.mux.reset(pending.reply.conn)
             raise
         finally:
             self._pending.pop(req, None)
         assert pending.reply is not None
         return pending.reply, pending.fd
+
+    def _announced(self, msg: Message) -> None:
+        """A message that announces a connection opens it in the Mux before its first
+        Data, which may follow in the same read: a server that speaks first."""
+        if isinstance(msg, IncomingConnection):
+            self.mux.open(msg.conn, datagram=False)
+        elif isinstance(msg, Connected):
+            pending = self._pending.get(msg.req)
+            if pending is not None and pending.connects is not None:
+                self.mux.open(msg.conn, datagram=pending.connects == "udp")
 
     def _failure(self, req: int) -> RequestFailed:
         return RequestFailed(
@@ -97,10 +115,9 @@ class AgentClient:
         reason = "the agent closed the connection"
         try:
             while True:
-                msg = await self.link.receive()
-                if await self.mux.handle(msg):
-                    continue
+                msg = await self.link.receive()  # connection frames went to the Mux already
                 if isinstance(msg, IncomingConnection | IncomingFd):
+                    # (an IncomingConnection's conn is open already: see _announced)
                     fd = self.link.take_fd() if isinstance(msg, IncomingFd) else None
                     if self.on_incoming is None:
                         if fd is not None:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,9 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
 from mirrord.system.procfs import process_start
+from mirrord.wire.connect import connect_to
 from mirrord.wire.link import Link
+from mirrord.wire.serve import accept_forever
 
 log = logging.getLogger("mirrord.proxy")
 AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -28,13 +31,8 @@ PROXY_TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
 GRACE = 0.5
 #: With no layer ever connected and no pid to watch, give up after this long.
 FIRST_LAYER_TIMEOUT = 60.0
-
-
-async def connect_agent(address: str) -> anyio.abc.ByteStream:
-    if address.startswith("unix:"):
-        return await anyio.connect_unix(address[5:])
-    host, _, port = address.rpartition(":")
-    return await anyio.connect_tcp(host.strip("[]"), int(port))
+#: A program that ran this long without any layer connecting gets the user's warning.
+NO_LAYER_AFTER = 3.0
 
 
 async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
@@ -56,11 +54,27 @@ async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
             return
 
 
+async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, text: str) -> None:
+    """One line for the user when the program runs on and nothing of it reaches us."""
+    try:
+        await anyio.sleep(NO_LAYER_AFTER)
+        if state.app_layer_seen or (app_pid is not None and process_start(app_pid) is None):
+            return
+        line = (
+            f"mirrord: warning: no mirrord layer connected within {NO_LAYER_AFTER:.0f}s, so "
+            f"the program's traffic does not go through the target: {text}\n"
+        )
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass
+    finally:
+        os.close(fd)  # whoever reads the user's stderr must not wait for us to exit
+
+
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
-    with anyio.fail_after(30):
-        stream = await connect_agent(args.agent)
-    link = Link(stream, accept_fds=True)
+    link = Link(await connect_to(args.agent, timeout=30), accept_fds=True)
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
@@ -71,15 +85,22 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
         incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing)
         agent.on_incoming = incoming.on_incoming
+        tg.start_soon(incoming.listeners.run_sweeps)
         state = ProxyState(
             token=proxy_token, agent=agent, incoming=incoming, pass_fds=not args.no_fd_passing
         )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # only our user may talk to the intproxy
         try:
-            listener = await anyio.create_unix_listener(args.socket)
+            listener.bind(args.socket)
         finally:
             os.umask(old)
-        tg.start_soon(listener.serve, lambda s: handle_layer(state, s))
+        listener.listen(1024)
+        tg.start_soon(accept_forever, listener, lambda s: handle_layer(state, s))
+        if args.warn_fd is not None and args.no_layer_warning:
+            tg.start_soon(
+                warn_without_layer, state, args.watch_pid, args.warn_fd, args.no_layer_warning
+            )
         announce_ready(socket=args.socket)
         await watch_lifetime(state, args.watch_pid)
         log.info("the app is gone: exiting")
@@ -102,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         help="always relay bytes, even when the agent could hand over its sockets",
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--warn-fd", type=int, help="the user's stderr, for warnings")
+    parser.add_argument("--no-layer-warning", help="why no layer may connect, if none does")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

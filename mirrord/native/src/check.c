@@ -15,7 +15,8 @@
 #include "rules.h"
 
 static const char *TYPES[] = {"unknown", "hello_ok", "error", "connected", "connected_fd",
-                              "failed", "resolved", "subscribed", "conn_info_reply"};
+                              "failed", "resolved", "subscribed", "conn_info_reply",
+                              "listener_info_reply"};
 
 /* a decoded string, printable: one output line per input whatever it holds */
 static const char *esc(const char *s) {
@@ -51,6 +52,9 @@ static void describe(const uint8_t *data, size_t n, FILE *out) {
             fprintf(out, " kind=%s errno=%lld", esc(r.kind), (long long)r.err);
         if (r.type == R_SUBSCRIBED)
             fprintf(out, " port=%lld", (long long)r.port);
+        if (r.type == R_LISTENER_INFO_REPLY)
+            fprintf(out, " known=%d requested=%lld remote=%lld subscribed=%d", r.known,
+                    (long long)r.requested_port, (long long)r.remote_port, r.subscribed);
         for (uint32_t i = 0; i < r.naddrs; i++)
             fprintf(out, " %lld/%lld/%lld/%s/%s/%lld", (long long)r.addrs[i].family,
                     (long long)r.addrs[i].type, (long long)r.addrs[i].proto, esc(r.addrs[i].canon),
@@ -144,31 +148,36 @@ static int rules_mode(const char *path) {
     return 0;
 }
 
-/* connect REQ PROTO HOST PORT WANT | resolve REQ HOST SERVICE|- FAM TYPE PROTO FLAGS |
- * subscribe REQ PORT MODE HOST LPORT WANT FILTER... | unsubscribe PORT |
- * conn_info REQ LPORT PPORT | hello TOKEN CLIENT */
+/* connect REQ PROTO HOST PORT WANT NONBLOCKING | resolve REQ HOST SERVICE|- FAM TYPE PROTO
+ * FLAGS | subscribe REQ PORT MODE HOST LPORT WANT LISTENER [FILTER] | conn_info REQ LPORT
+ * PPORT | hello TOKEN CLIENT | register REQ LISTENER REQUESTED REMOTE | listener_info REQ
+ * LISTENER | listener_closed LISTENER */
 static int encode(void) {
     char line[4096];
     while (fgets(line, sizeof line, stdin)) {
-        char *w[9] = {0}, *save = NULL;
+        char *w[10] = {0}, *save = NULL;
         int nw = 0;
         line[strcspn(line, "\n")] = 0;
-        for (char *t = strtok_r(line, " ", &save); t && nw < 8; t = strtok_r(NULL, " ", &save))
+        for (char *t = strtok_r(line, " ", &save); t && nw < 9; t = strtok_r(NULL, " ", &save))
             w[nw++] = t;
         char *rest = save && *save ? save : "";
         uint8_t buf[64];
         struct mpw m;
         mpw_init(&m, buf, sizeof buf); /* small: the heap path gets exercised too */
-        if (nw == 6 && !strcmp(w[0], "connect"))
-            frame_connect(&m, atoll(w[1]), w[2], w[3], atoll(w[4]), atoi(w[5]));
+        if (nw == 7 && !strcmp(w[0], "connect"))
+            frame_connect(&m, atoll(w[1]), w[2], w[3], atoll(w[4]), atoi(w[5]), atoi(w[6]));
         else if (nw == 8 && !strcmp(w[0], "resolve"))
             frame_resolve(&m, atoll(w[1]), w[2], strcmp(w[3], "-") ? w[3] : NULL, atoll(w[4]),
                           atoll(w[5]), atoll(w[6]), atoll(w[7]));
-        else if (nw >= 7 && !strcmp(w[0], "subscribe"))
-            frame_subscribe(&m, atoll(w[1]), atoll(w[2]), w[3], nw == 8 ? w[7] : "", w[4],
-                            atoll(w[5]), atoi(w[6]));
-        else if (nw == 2 && !strcmp(w[0], "unsubscribe"))
-            frame_unsubscribe(&m, atoll(w[1]));
+        else if (nw >= 8 && !strcmp(w[0], "subscribe"))
+            frame_subscribe(&m, atoll(w[1]), atoll(w[2]), w[3], nw == 9 ? w[8] : "", w[4],
+                            atoll(w[5]), atoi(w[6]), atoll(w[7]));
+        else if (nw == 5 && !strcmp(w[0], "register"))
+            frame_register_listener(&m, atoll(w[1]), atoll(w[2]), atoll(w[3]), atoll(w[4]));
+        else if (nw == 3 && !strcmp(w[0], "listener_info"))
+            frame_listener_info(&m, atoll(w[1]), atoll(w[2]));
+        else if (nw == 2 && !strcmp(w[0], "listener_closed"))
+            frame_listener_closed(&m, atoll(w[1]));
         else if (nw == 4 && !strcmp(w[0], "conn_info"))
             frame_conn_info(&m, atoll(w[1]), atoll(w[2]), atoll(w[3]));
         else if (nw == 3 && !strcmp(w[0], "hello"))

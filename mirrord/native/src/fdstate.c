@@ -59,16 +59,16 @@ static struct fdstate *detach(int fd) {
     return s ? atomic_exchange(s, NULL) : NULL;
 }
 
-/* The last reference is gone: returns the port to unsubscribe (0 for none). */
-static int release(struct fdstate *st) {
+/* The last reference is gone: returns the listener to tell the intproxy about (0: none). */
+static unsigned long long release(struct fdstate *st) {
     if (--st->refs > 0)
         return 0;
-    int unsubscribe = st->subscribed && st->owner == getpid() ? st->remote_port : 0;
+    unsigned long long closed = st->listening ? st->inode : 0;
     if (st->channel)
         chan_lost_fd(st->channel);
     free(st->pairs);
     free(st);
-    return unsubscribe;
+    return closed;
 }
 
 void fd_share(int from, int to) {
@@ -85,13 +85,13 @@ void fd_share(int from, int to) {
 void fd_forget(int fd) {
     pthread_mutex_lock(&fd_lock);
     struct fdstate *st = detach(fd);
-    int port = st ? release(st) : 0;
+    unsigned long long listener = st ? release(st) : 0;
     pthread_mutex_unlock(&fd_lock);
-    if (port) {
+    if (listener) {
         uint8_t buf[64];
         struct mpw w;
         mpw_init(&w, buf, sizeof buf);
-        frame_unsubscribe(&w, port);
+        frame_listener_closed(&w, (int64_t)listener);
         if (!w.failed)
             chan_notify(w.buf, w.len); /* the intproxy gone: so is the subscription */
         mpw_free(&w);

@@ -54,14 +54,15 @@ void frame_hello(struct mpw *w, const char *token, const char *client) {
 }
 
 void frame_connect(struct mpw *w, int64_t req, const char *proto, const char *host, int64_t port,
-                   int want_fd) {
+                   int want_fd, int nonblocking) {
     size_t at = begin(w);
-    tag(w, 5, "connect");
+    tag(w, 6, "connect");
     kv_int(w, "req", req);
     kv_str(w, "proto", proto);
     kv_str(w, "host", host);
     kv_int(w, "port", port);
     kv_bool(w, "want_fd", want_fd);
+    kv_bool(w, "nonblocking", nonblocking);
     end(w, at);
 }
 
@@ -101,9 +102,9 @@ void frame_resolve(struct mpw *w, int64_t req, const char *host, const char *ser
 
 void frame_subscribe(struct mpw *w, int64_t req, int64_t port, const char *mode,
                      const char *http_filter, const char *local_host, int64_t local_port,
-                     int want_fd) {
+                     int want_fd, int64_t listener) {
     size_t at = begin(w);
-    tag(w, 7, "subscribe");
+    tag(w, 8, "subscribe");
     kv_int(w, "req", req);
     kv_int(w, "port", port);
     kv_str(w, "mode", mode);
@@ -111,13 +112,33 @@ void frame_subscribe(struct mpw *w, int64_t req, int64_t port, const char *mode,
     kv_str(w, "local_host", local_host);
     kv_int(w, "local_port", local_port);
     kv_bool(w, "want_fd", want_fd);
+    kv_int(w, "listener", listener);
     end(w, at);
 }
 
-void frame_unsubscribe(struct mpw *w, int64_t port) {
+void frame_register_listener(struct mpw *w, int64_t req, int64_t listener, int64_t requested_port,
+                             int64_t remote_port) {
     size_t at = begin(w);
-    tag(w, 1, "unsubscribe");
-    kv_int(w, "port", port);
+    tag(w, 4, "register_listener");
+    kv_int(w, "req", req);
+    kv_int(w, "listener", listener);
+    kv_int(w, "requested_port", requested_port);
+    kv_int(w, "remote_port", remote_port);
+    end(w, at);
+}
+
+void frame_listener_info(struct mpw *w, int64_t req, int64_t listener) {
+    size_t at = begin(w);
+    tag(w, 2, "listener_info");
+    kv_int(w, "req", req);
+    kv_int(w, "listener", listener);
+    end(w, at);
+}
+
+void frame_listener_closed(struct mpw *w, int64_t listener) {
+    size_t at = begin(w);
+    tag(w, 1, "listener_closed");
+    kv_int(w, "listener", listener);
     end(w, at);
 }
 
@@ -148,6 +169,9 @@ enum field {
     F_HAS_FD = 1 << 11,
     F_ADDRS = 1 << 12,
     F_PORT = 1 << 13,
+    F_KNOWN = 1 << 14,
+    F_REQUESTED_PORT = 1 << 15,
+    F_SUBSCRIBED = 1 << 16,
 };
 
 #define ADDRESSES (F_LOCAL_HOST | F_LOCAL_PORT | F_REMOTE_HOST | F_REMOTE_PORT)
@@ -165,6 +189,8 @@ static const struct {
     {"resolved", R_RESOLVED, F_REQ | F_ADDRS},
     {"subscribed", R_SUBSCRIBED, F_REQ | F_PORT},
     {"conn_info_reply", R_CONN_INFO_REPLY, F_REQ | ADDRESSES | F_HAS_FD},
+    {"listener_info_reply", R_LISTENER_INFO_REPLY,
+     F_REQ | F_KNOWN | F_REQUESTED_PORT | F_REMOTE_PORT | F_SUBSCRIBED},
 };
 
 static int is(const char *s, uint32_t n, const char *word) {
@@ -269,6 +295,15 @@ static int read_field(struct mpr *r, const char *k, uint32_t kn, struct reply *o
     } else if (is(k, kn, "has_fd")) {
         bit = F_HAS_FD;
         rc = mpr_bool(r, &out->has_fd);
+    } else if (is(k, kn, "known")) {
+        bit = F_KNOWN;
+        rc = mpr_bool(r, &out->known);
+    } else if (is(k, kn, "subscribed")) {
+        bit = F_SUBSCRIBED;
+        rc = mpr_bool(r, &out->subscribed);
+    } else if (is(k, kn, "requested_port")) {
+        bit = F_REQUESTED_PORT;
+        rc = read_port(r, &out->requested_port);
     } else if (is(k, kn, "addrs")) {
         bit = F_ADDRS;
         rc = read_addrs(r, out);

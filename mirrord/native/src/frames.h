@@ -25,6 +25,7 @@ enum reply_type {
     R_RESOLVED,
     R_SUBSCRIBED,
     R_CONN_INFO_REPLY,
+    R_LISTENER_INFO_REPLY,
 };
 
 struct resolved_addr {
@@ -46,6 +47,8 @@ struct reply {
     char message[256]; /* RequestFailed / Error text, cut to fit */
     char code[32];
     int has_fd;
+    int known, subscribed; /* ListenerInfoReply */
+    int64_t requested_port;
     struct resolved_addr *addrs; /* Resolved: malloc()ed, reply_free() releases */
     uint32_t naddrs;
 };
@@ -59,14 +62,18 @@ int reply_carries_fd(const struct reply *r);
 /* Requests: each appends one whole frame (length prefix included) to `w`. */
 void frame_hello(struct mpw *w, const char *token, const char *client);
 void frame_connect(struct mpw *w, int64_t req, const char *proto, const char *host, int64_t port,
-                   int want_fd);
+                   int want_fd, int nonblocking);
 /* `service`: NULL for no port, a decimal string is sent as a number, else as a name. */
 void frame_resolve(struct mpw *w, int64_t req, const char *host, const char *service,
                    int64_t family, int64_t type, int64_t proto, int64_t flags);
 void frame_subscribe(struct mpw *w, int64_t req, int64_t port, const char *mode,
                      const char *http_filter, const char *local_host, int64_t local_port,
-                     int want_fd);
-void frame_unsubscribe(struct mpw *w, int64_t port);
+                     int want_fd, int64_t listener);
+/* listeners are known to the intproxy by their socket's inode, in every process */
+void frame_register_listener(struct mpw *w, int64_t req, int64_t listener, int64_t requested_port,
+                             int64_t remote_port);
+void frame_listener_info(struct mpw *w, int64_t req, int64_t listener);
+void frame_listener_closed(struct mpw *w, int64_t listener);
 void frame_conn_info(struct mpw *w, int64_t req, int64_t listen_port, int64_t peer_port);
 
 #endif

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "real.h"
@@ -56,45 +57,115 @@ EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
     }
     if (rc)
         return rc;
-    int real_port = bound_port(fd);
+    struct stat info;
+    if (fstat(fd, &info))
+        return 0;
+    int remote_port = rules_remote_port(&relay_rules, port);
     pthread_mutex_lock(&fd_lock);
     struct fdstate *st = fd_ensure(fd);
     if (st) {
         st->listening = 1;
         st->subscribed = 0;
         st->requested_port = port;
-        st->remote_port = rules_remote_port(&relay_rules, port);
-        st->bound_port = real_port;
+        st->remote_port = remote_port;
+        st->inode = (unsigned long long)info.st_ino;
+        st->not_listener = 0;
     }
     pthread_mutex_unlock(&fd_lock);
+    /* the intproxy keeps it by inode: a process that inherits the socket finds it there */
+    uint8_t buf[128];
+    struct mpw w;
+    struct reply reply;
+    int handed = -1;
+    int64_t req = chan_next_req();
+    mpw_init(&w, buf, sizeof buf);
+    frame_register_listener(&w, req, (int64_t)info.st_ino, port, remote_port);
+    if (!w.failed && chan_request(w.buf, w.len, req, &reply, &handed, 0) == CHAN_OK)
+        reply_free(&reply); /* listen() reports a missing intproxy; a bound socket is local */
+    mpw_free(&w);
+    if (handed >= 0)
+        real_close(handed);
     if (relay_debug())
-        relay_log("bind :%d (really :%d) for the target's port %d", port, real_port,
-                  rules_remote_port(&relay_rules, port));
+        relay_log("bind :%d (really :%d) for the target's port %d", port, bound_port(fd),
+                  remote_port);
     return 0;
 }
 
-/* The listener's state if it is still the socket that bind() saw (copied out). */
-static int listener(int fd, struct fdstate *out) {
-    int found = 0;
-    if (!fd_tracked(fd))
+static int ask_listener(unsigned long long inode, struct reply *reply);
+
+static int stream_inet(int fd) {
+    struct sockaddr_storage here;
+    socklen_t len = sizeof here;
+    return socket_type(fd) == SOCK_STREAM && !real_getsockname(fd, (struct sockaddr *)&here, &len) &&
+           (here.ss_family == AF_INET || here.ss_family == AF_INET6);
+}
+
+/* What is known of `fd` as one of the app's listeners (copied out; 0: not one). Known here
+ * when this process bound it; else, if `ask`, the intproxy is asked once (the socket came
+ * from another process); the answer is kept either way, by the socket's inode. */
+static int listener(int fd, struct fdstate *out, int ask) {
+    struct stat info;
+    int found = 0, not_ours = 0, tracked = fd_tracked(fd);
+    if ((!tracked && !ask) || relay_rules.incoming_mode == INCOMING_OFF || fstat(fd, &info))
         return 0;
+    unsigned long long inode = (unsigned long long)info.st_ino;
+    if (tracked) {
+        pthread_mutex_lock(&fd_lock);
+        struct fdstate *st = fd_get(fd);
+        if (st && st->listening && st->inode == inode) {
+            *out = *st;
+            out->pairs = NULL;
+            found = 1;
+        }
+        not_ours = st && st->not_listener == inode;
+        pthread_mutex_unlock(&fd_lock);
+    }
+    if (found || not_ours || !ask)
+        return found;
+    int known = 0;
+    struct reply reply = {0};
+    if (stream_inet(fd) && ask_listener(inode, &reply))
+        return 0; /* no intproxy: ask again next time */
+    known = reply.type == R_LISTENER_INFO_REPLY && reply.known;
     pthread_mutex_lock(&fd_lock);
-    struct fdstate *st = fd_get(fd);
-    if (st && st->listening) {
+    struct fdstate *st = fd_ensure(fd);
+    if (st && known) {
+        st->listening = 1;
+        st->inode = inode;
+        st->requested_port = (int)reply.requested_port;
+        st->remote_port = (int)reply.remote_port;
+        st->subscribed = reply.subscribed;
         *out = *st;
         out->pairs = NULL;
-        found = 1;
+    } else if (st) {
+        st->listening = 0;
+        st->not_listener = inode; /* (a unix socket, say, is never asked about again) */
     }
     pthread_mutex_unlock(&fd_lock);
-    /* a reused descriptor (closed behind our back) is bound elsewhere */
-    return found && bound_port(fd) == out->bound_port;
+    reply_free(&reply);
+    return known;
+}
+
+/* ListenerInfo: 0 and the reply, or -1 when the intproxy cannot be asked. */
+static int ask_listener(unsigned long long inode, struct reply *reply) {
+    uint8_t buf[64];
+    struct mpw w;
+    int handed = -1;
+    int64_t req = chan_next_req();
+    mpw_init(&w, buf, sizeof buf);
+    frame_listener_info(&w, req, (int64_t)inode);
+    int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, reply, &handed, 0);
+    mpw_free(&w);
+    if (handed >= 0)
+        real_close(handed);
+    return got == CHAN_OK ? 0 : -1;
 }
 
 EXPORT int listen(int fd, int backlog) {
     struct fdstate st;
     real_init();
     int rc = real_listen(fd, backlog);
-    if (rc || !relay_on() || !listener(fd, &st) || st.subscribed)
+    if (rc || !relay_on() || !listener(fd, &st, 1) || st.subscribed)
         return rc;
     struct sockaddr_storage here;
     socklen_t len = sizeof here;
@@ -116,7 +187,7 @@ EXPORT int listen(int fd, int backlog) {
     int64_t req = chan_next_req();
     mpw_init(&w, buf, sizeof buf);
     frame_subscribe(&w, req, st.remote_port, MODES[relay_rules.incoming_mode],
-                    relay_rules.http_filter, host, port, 1);
+                    relay_rules.http_filter, host, port, 1, (int64_t)st.inode);
     int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &handed, 1);
     mpw_free(&w);
     if (handed >= 0)
@@ -139,10 +210,8 @@ EXPORT int listen(int fd, int backlog) {
     }
     pthread_mutex_lock(&fd_lock);
     struct fdstate *live = fd_get(fd);
-    if (live && live->listening) {
+    if (live && live->listening)
         live->subscribed = 1;
-        live->owner = getpid();
-    }
     pthread_mutex_unlock(&fd_lock);
     if (relay_debug())
         relay_log("subscribed to the target's port %d (%s)", st.remote_port,
@@ -154,7 +223,7 @@ EXPORT int listen(int fd, int backlog) {
 static void claim(int listen_fd, int fd, struct sockaddr *addr, socklen_t *addrlen,
                   socklen_t room) {
     struct fdstate st;
-    if (!listener(listen_fd, &st) || !st.subscribed)
+    if (!listener(listen_fd, &st, 1) || !st.subscribed)
         return;
     struct sockaddr_storage peer;
     socklen_t peer_len = sizeof peer;
@@ -169,7 +238,7 @@ static void claim(int listen_fd, int fd, struct sockaddr *addr, socklen_t *addrl
     int stolen = -1;
     int64_t req = chan_next_req();
     mpw_init(&w, buf, sizeof buf);
-    frame_conn_info(&w, req, st.bound_port, peer_port);
+    frame_conn_info(&w, req, bound_port(listen_fd), peer_port);
     int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &stolen, 0);
     mpw_free(&w);
     if (got != CHAN_OK)
@@ -224,7 +293,7 @@ EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags)
     real_init();
     socklen_t room = addrlen ? *addrlen : 0;
     int conn = real_accept4(fd, addr, addrlen, flags);
-    if (conn >= 0 && relay_on() && fd_tracked(fd))
+    if (conn >= 0 && relay_on())
         claim(fd, conn, addr, addrlen, room);
     return conn;
 }
@@ -233,20 +302,27 @@ EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *addrlen) {
     real_init();
     socklen_t room = addrlen ? *addrlen : 0;
     int conn = real_accept(fd, addr, addrlen);
-    if (conn >= 0 && relay_on() && fd_tracked(fd))
+    if (conn >= 0 && relay_on())
         claim(fd, conn, addr, addrlen, room);
     return conn;
 }
 
 EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
     real_init();
-    if (!fd_tracked(fd) || !addr || !len)
+    if (!relay_on() || !addr || !len || relay_rules.incoming_mode == INCOMING_OFF)
         return real_getsockname(fd, addr, len);
     socklen_t room = *len;
     if (real_getsockname(fd, addr, len))
         return -1;
+    if (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)
+        return 0;
+    /* only a listening socket may be a listener of another process: ask about those */
+    int accepting = 0;
+    socklen_t alen = sizeof accepting;
+    int ask = !fd_tracked(fd) && !getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &alen) &&
+              accepting;
     struct fdstate st;
-    if (listener(fd, &st)) {
+    if ((fd_tracked(fd) || ask) && listener(fd, &st, ask)) {
         /* the app sees the port it asked for, whichever it really got */
         if (addr->sa_family == AF_INET6 && room >= sizeof(struct sockaddr_in6))
             ((struct sockaddr_in6 *)addr)->sin6_port = htons((uint16_t)st.requested_port);
@@ -254,6 +330,8 @@ EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len) {
             ((struct sockaddr_in *)addr)->sin_port = htons((uint16_t)st.requested_port);
         return 0;
     }
+    if (!fd_tracked(fd))
+        return 0;
     pthread_mutex_lock(&fd_lock);
     struct fdstate *live = fd_get(fd);
     int has_local = live && live->has_local;

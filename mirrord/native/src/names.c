@@ -21,6 +21,10 @@ static struct remembered memory[MEMORY];
 static int buckets[BUCKETS];
 static int ready, oldest;
 
+static int same_ip(const struct ipkey *a, const struct ipkey *b) {
+    return a->family == b->family && !memcmp(a->bytes, b->bytes, sizeof a->bytes);
+}
+
 static unsigned bucket_of(const struct ipkey *ip) {
     unsigned h = 2166136261u;
     for (int i = 0; i < 16; i++)
@@ -50,7 +54,7 @@ void names_remember(const char *name, const struct sockaddr *sa) {
     }
     unsigned b = bucket_of(&ip);
     for (int i = buckets[b]; i != -1; i = memory[i].next)
-        if (!memcmp(&memory[i].ip, &ip, sizeof ip) && !strcasecmp(memory[i].name, name)) {
+        if (same_ip(&memory[i].ip, &ip) && !strcasecmp(memory[i].name, name)) {
             pthread_mutex_unlock(&names_lock);
             return;
         }
@@ -72,7 +76,7 @@ size_t names_of(const struct ipkey *ip, char out[][256]) {
     if (ready)
         for (int i = buckets[bucket_of(ip)]; i != -1 && n < NAMES_PER_ADDRESS;
              i = memory[i].next)
-            if (!memcmp(&memory[i].ip, ip, sizeof *ip))
+            if (same_ip(&memory[i].ip, ip))
                 memcpy(out[n++], memory[i].name, sizeof memory[i].name);
     pthread_mutex_unlock(&names_lock);
     return n;

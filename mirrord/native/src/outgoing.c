@@ -55,7 +55,7 @@ int same_address(const struct sockaddr *a, socklen_t alen, const struct sockaddr
     int pa, pb;
     if (ipkey_from_sockaddr(a, alen, &ia, &pa) || ipkey_from_sockaddr(b, blen, &ib, &pb))
         return 0;
-    return pa == pb && !memcmp(&ia, &ib, sizeof ia);
+    return pa == pb && ia.family == ib.family && !memcmp(ia.bytes, ib.bytes, sizeof ia.bytes);
 }
 
 int socket_type(int fd) {
@@ -112,7 +112,7 @@ static int fail(int err) {
 /* Ask the intproxy to connect to `addr` from the target. 0 and a reply (and maybe a
  * descriptor), or -1 with errno as a local connect would set it. */
 static int ask_connect(int udp, const struct sockaddr *addr, socklen_t len, int want_fd,
-                       struct reply *reply, int *fd) {
+                       int nonblocking, struct reply *reply, int *fd) {
     char host[INET6_ADDRSTRLEN];
     struct ipkey ip;
     int port;
@@ -125,7 +125,7 @@ static int ask_connect(int udp, const struct sockaddr *addr, socklen_t len, int 
     struct mpw w;
     int64_t req = chan_next_req();
     mpw_init(&w, buf, sizeof buf);
-    frame_connect(&w, req, udp ? "udp" : "tcp", host, port, want_fd);
+    frame_connect(&w, req, udp ? "udp" : "tcp", host, port, want_fd, nonblocking);
     int rc = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, reply, fd, 0);
     mpw_free(&w);
     if (rc != CHAN_OK)
@@ -204,7 +204,10 @@ static int connect_remote(int fd, const struct sockaddr *addr, socklen_t len, in
 
     int handed;
     struct reply reply;
-    if (ask_connect(udp, addr, len, adoptable(fd), &reply, &handed))
+    /* a non-blocking socket must not wait for a slow remote: the intproxy may relay first */
+    int status = real_fcntl(fd, F_GETFL);
+    int nonblocking = status >= 0 && (status & O_NONBLOCK);
+    if (ask_connect(udp, addr, len, adoptable(fd), nonblocking, &reply, &handed))
         return -1;
     if (reply.type == R_CONNECTED_FD) {
         reply_free(&reply);
@@ -306,7 +309,7 @@ static socklen_t udp_relay(int fd, const struct sockaddr *addr, socklen_t len,
         return found;
     int handed;
     struct reply reply;
-    if (ask_connect(1, addr, len, 0, &reply, &handed))
+    if (ask_connect(1, addr, len, 0, 0, &reply, &handed))
         return (socklen_t)-1;
     if (handed >= 0)
         real_close(handed);

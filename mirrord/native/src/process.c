@@ -34,6 +34,14 @@ extern char **environ;
 
 EXPORT int mirrord_relay_state(void) { return atomic_load(&relay_state); }
 
+/* The Python layer takes this process's sockets (a debugger runs in it): every hook
+ * passes straight through from now on; exec still hands the session on. */
+EXPORT int mirrord_relay_stand_down(void) {
+    int on = RELAY_ON;
+    atomic_compare_exchange_strong(&relay_state, &on, RELAY_STOOD_DOWN);
+    return atomic_load(&relay_state);
+}
+
 int relay_debug(void) { return debug; }
 
 void relay_log(const char *fmt, ...) {

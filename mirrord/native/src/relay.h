@@ -17,7 +17,7 @@
 
 /* ---- the session (process.c) */
 
-enum { RELAY_OFF = 0, RELAY_ON = 1, RELAY_SKIPPED = 2 };
+enum { RELAY_OFF = 0, RELAY_ON = 1, RELAY_SKIPPED = 2, RELAY_STOOD_DOWN = 3 };
 extern atomic_int relay_state;
 extern struct rules relay_rules;
 extern const char *relay_socket_path, *relay_token;
@@ -52,10 +52,12 @@ struct fdstate {
     /* unconnected UDP: one relay per remote */
     struct udp_pair *pairs;
     size_t npairs;
-    /* a listener for the target's port */
+    /* a listener for the target's port, known to the intproxy by its socket's inode in
+     * every process that holds it (reloaders, prefork servers) */
     int listening, subscribed;
-    int requested_port, remote_port, bound_port;
-    pid_t owner; /* the process that subscribed: only it unsubscribes */
+    int requested_port, remote_port;
+    unsigned long long inode;
+    unsigned long long not_listener; /* the inode the intproxy said is no listener */
     /* the relay's own link to the intproxy */
     struct channel *channel;
 };
@@ -65,7 +67,8 @@ int fd_tracked(int fd); /* lock-free: may this descriptor have state? */
 struct fdstate *fd_get(int fd);    /* fd_lock held */
 struct fdstate *fd_ensure(int fd); /* fd_lock held; NULL when out of memory or range */
 void fd_share(int from, int to);   /* fd_lock held: `to` is a dup of `from` */
-/* The descriptor is going away (close, dup2 over it): drop its state, unsubscribe. */
+/* The descriptor is going away (close, dup2 over it): drop its state; a listener's
+ * closing is told to the intproxy (the subscription ends with the last process's). */
 void fd_forget(int fd);
 void fd_after_fork_child(void);
 

@@ -16,6 +16,7 @@ static void normalise(struct ipkey *ip) {
         memmove(ip->bytes, ip->bytes + 12, 4);
         memset(ip->bytes + 4, 0, 12);
         ip->family = AF_INET;
+        ip->mapped = 1;
     }
 }
 
@@ -147,7 +148,7 @@ int rules_outgoing_remote(const struct rules *r, int udp, const struct ipkey *ip
                           const char *const *names, size_t nnames) {
     if (!(udp ? r->udp : r->tcp))
         return 0;
-    if (r->ignore_localhost && ipkey_is_loopback(ip))
+    if (ipkey_is_loopback(ip) && (r->ignore_localhost || rules_debugger_local(r, ip, port)))
         return 0;
     if (r->filter_mode == FILTER_NONE)
         return 1;
@@ -183,6 +184,8 @@ int rules_incoming_wanted(const struct rules *r, const struct ipkey *ip, int por
         return 0;
     if (r->ports_only && !has_port(r->ports, r->nports, port))
         return 0;
+    if (rules_debugger_local(r, ip, port))
+        return 0;
     return !(r->incoming_ignore_localhost && ipkey_is_loopback(ip) && !ipkey_is_unspecified(ip));
 }
 
@@ -206,6 +209,19 @@ int rules_listen_port(const struct rules *r, int port) {
 
 int rules_has_listen_port(const struct rules *r, int port) {
     return pair_of(r->listen_ports, r->nlisten_ports, port) != NULL;
+}
+
+int rules_debugger_local(const struct rules *r, const struct ipkey *ip, int port) {
+    static const uint8_t one[16] = {[15] = 1};
+    /* the addresses DebuggerPorts names: 127.0.0.1, ::1, 0.0.0.0, :: (as written) */
+    int local = ip->mapped ? 0
+                : ip->family == AF_INET
+                    ? ipkey_is_unspecified(ip) || !memcmp(ip->bytes, "\x7f\0\0\x01", 4)
+                    : ipkey_is_unspecified(ip) || !memcmp(ip->bytes, one, 16);
+    for (size_t i = 0; local && i < r->ndebugger; i++)
+        if (r->debugger[i].from <= port && port <= r->debugger[i].to)
+            return 1;
+    return 0;
 }
 
 int rules_skipped(const struct rules *r, const char *exec_name, const char *invoked_as) {
@@ -371,6 +387,8 @@ static int parse_line(struct rules *r, char *line) {
     }
     if (!strcmp(k, "port") && nw == 2)
         return add_port(&r->ports, &r->nports, w[1]);
+    if (!strcmp(k, "debugger_ports") && nw == 3)
+        return add_pair(&r->debugger, &r->ndebugger, w[1], w[2]);
     if (!strcmp(k, "skip") && nw == 2)
         return add_name(&r->skip, &r->nskip, w[1]);
     return -1;
@@ -434,5 +452,6 @@ void rules_free(struct rules *r) {
     free(r->listen_ports);
     free(r->ignore_ports);
     free(r->ports);
+    free(r->debugger);
     memset(r, 0, sizeof *r);
 }

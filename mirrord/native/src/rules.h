@@ -13,6 +13,7 @@
 struct ipkey {
     int family; /* AF_INET or AF_INET6 */
     uint8_t bytes[16];
+    int mapped; /* written as ::ffff:a.b.c.d (compared as the IPv4 address all the same) */
 };
 
 struct ip_entry {
@@ -64,6 +65,8 @@ struct rules {
     int incoming_ignore_localhost;
     char **skip;
     size_t nskip;
+    struct port_pair *debugger; /* port ranges a debugger uses on this machine */
+    size_t ndebugger;
 };
 
 /* 0, or -1 with the line that failed in `why`; `out` is then empty but safe to free. */
@@ -86,6 +89,8 @@ int rules_incoming_wanted(const struct rules *r, const struct ipkey *ip, int por
 int rules_remote_port(const struct rules *r, int port);  /* port_mapping */
 int rules_listen_port(const struct rules *r, int port);  /* listen_ports, or port */
 int rules_has_listen_port(const struct rules *r, int port);
+/* DebuggerPorts.keeps_local: a debugger's address, bound and reached on this machine */
+int rules_debugger_local(const struct rules *r, const struct ipkey *ip, int port);
 int rules_skipped(const struct rules *r, const char *exec_name, const char *invoked_as);
 
 #endif

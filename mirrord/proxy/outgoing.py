@@ -1,0 +1,171 @@
+"""Outgoing connections of one layer: the agent connects from the target, and the app
+gets either the connected socket itself (hand-over, a local agent) or a relay address on
+127.0.0.1 whose bytes the Mux carries to the agent.
+
+A non-blocking connect (asyncio's) waits for the agent at most NONBLOCKING_WAIT: a fast
+remote is answered as a blocking connect would be (the socket itself, or the remote's
+errno), a slow one gets its relay at once and the outcome later, as mirrord does: the
+relayed connection carries the remote's bytes once it connects, or is reset if it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import replace
+
+import anyio
+import anyio.abc
+
+from mirrord.protocol import Connect, Connected, Message
+from mirrord.protocol.messages import with_req
+from mirrord.proxy.agent_client import AgentClient
+from mirrord.wire.link import Link
+from mirrord.wire.mux import RelayUdpPipe, linger_zero, splice
+
+log = logging.getLogger("mirrord.proxy")
+#: How long a relay address waits for the app's connect before the remote side is dropped.
+RELAY_ACCEPT_TIMEOUT = 30.0
+RELAY_HOST = "127.0.0.1"
+#: How long a non-blocking connect may wait for the agent before it gets a relay at once.
+NONBLOCKING_WAIT = 0.01
+
+
+class _Answer:
+    """The agent's answer to a Connect, awaited in a task of its own."""
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.reply: Message | None = None
+        self.fd: int | None = None
+
+    async def ask(self, agent: AgentClient, request: Connect) -> None:
+        self.reply, self.fd = await agent.request_fd(request)
+        self.ready.set()
+
+
+class Outgoing:
+    def __init__(
+        self, agent: AgentClient, link: Link, tg: anyio.abc.TaskGroup, pass_fds: bool
+    ) -> None:
+        self.agent = agent
+        self.link = link
+        self.tg = tg
+        self.pass_fds = pass_fds
+        self.udp_conns: list[int] = []
+
+    async def connect(self, msg: Connect) -> None:
+        # the socket itself when both the layer and the agent link can carry it
+        want_fd = msg.want_fd and self.agent.link.can_pass_fds and self.pass_fds
+        request = replace(msg, want_fd=want_fd)
+        if not (msg.nonblocking and msg.proto == "tcp"):
+            reply, fd = await self.agent.request_fd(request)
+            await self._deliver(msg, reply, fd)
+            return
+        answer = _Answer()
+        self.tg.start_soon(answer.ask, self.agent, request)
+        with anyio.move_on_after(NONBLOCKING_WAIT):
+            await answer.ready.wait()
+        if answer.ready.is_set():
+            assert answer.reply is not None
+            await self._deliver(msg, answer.reply, answer.fd)
+        else:
+            await self._relay_before_connected(msg, answer)
+
+    async def _deliver(self, msg: Connect, reply: Message, fd: int | None) -> None:
+        """The agent's answer to the app, as a blocking connect sees it."""
+        if fd is not None:
+            try:
+                await self.link.send(with_req(reply, msg.req), fd=fd)
+            finally:
+                os.close(fd)
+            return
+        if not isinstance(reply, Connected):
+            await self.link.send(with_req(reply, msg.req))
+            return
+        conn = reply.conn  # known to the Mux already (AgentClient.run opened it)
+        if msg.proto == "udp":
+            udp = await anyio.create_udp_socket(local_host=RELAY_HOST, local_port=0)
+            relay = udp.extra(anyio.abc.SocketAttribute.raw_socket).getsockname()
+            self.agent.mux.attach(conn, RelayUdpPipe(udp))
+            self.udp_conns.append(conn)
+            await self._reply_relay(msg, relay)
+            return
+        listener, relay = _relay_listener()
+        try:
+            await self._reply_relay(msg, relay)
+            app = await _accept_app(listener, relay)
+        finally:
+            listener.close()
+        if app is None:
+            await self.agent.mux.reset(conn)
+            return
+        await self.agent.mux.attach_socket(conn, app)
+
+    async def _relay_before_connected(self, msg: Connect, answer: _Answer) -> None:
+        listener, relay = _relay_listener()
+        try:
+            await self._reply_relay(msg, relay)
+            app = await _accept_app(listener, relay)
+            await answer.ready.wait()
+        finally:
+            listener.close()
+        reply, fd = answer.reply, answer.fd
+        if app is None:
+            if fd is not None:
+                os.close(fd)
+            elif isinstance(reply, Connected):
+                await self.agent.mux.reset(reply.conn)
+            return
+        if fd is not None:
+            # a local agent handed over its socket: our end of the relay carries it
+            app_stream = await anyio.abc.SocketStream.from_socket(app)
+            remote = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
+            async with app_stream, remote:
+                await splice(app_stream, remote)
+        elif isinstance(reply, Connected):
+            await self.agent.mux.attach_socket(reply.conn, app)
+        else:
+            # the remote refused or never answered: the app sees a reset connection
+            log.info("connect to %s:%d failed after the app got its relay", msg.host, msg.port)
+            linger_zero(app)
+            app.close()
+
+    async def _reply_relay(self, msg: Connect, relay: tuple) -> None:
+        await self.link.send(
+            Connected(
+                req=msg.req,
+                conn=0,  # the layer knows its connection by the relay address
+                local_host=str(relay[0]),
+                local_port=int(relay[1]),
+                remote_host=msg.host,
+                remote_port=msg.port,
+            )
+        )
+
+    async def close(self) -> None:
+        for conn in self.udp_conns:
+            await self.agent.mux.reset(conn)
+
+
+def _relay_listener() -> tuple[socket.socket, tuple]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((RELAY_HOST, 0))
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock, sock.getsockname()
+
+
+async def _accept_app(listener: socket.socket, relay: tuple) -> socket.socket | None:
+    """The app's connection to its relay (it connects right after our reply)."""
+    with anyio.move_on_after(RELAY_ACCEPT_TIMEOUT):
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                app, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            return app
+    log.warning("the app never connected to relay %s; dropping", relay)
+    return None
