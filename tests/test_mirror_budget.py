@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from mirrord.agent.incoming import MirrorBudget, MirrorPipe
+from mirrord.agent.mirror import MirrorBudget, MirrorPipe
 
 MIB = 1 << 20
 

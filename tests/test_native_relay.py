@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from native_services import ASAN_OPTIONS, asan_runtime
 from test_protocol import strategy_for
 
-from mirrord.layer.context import Context, LayerSettings
+from mirrord.layer.context import Context
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.sockets import SocketPatches
@@ -53,6 +53,7 @@ from mirrord.protocol import (
     Subscribed,
 )
 from mirrord.protocol.codec import ProtocolError, decode_payload, encode
+from mirrord.settings.contract import LayerSettings
 from mirrord.settings.debugger import DebuggerPorts
 
 REPLIES = [

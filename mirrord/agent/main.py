@@ -14,7 +14,7 @@ from pathlib import Path
 from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
-from mirrord.process.lifecycle import announce_ready, run_loop
+from mirrord.process.lifecycle import announce_ready, begin, run_loop, take_secrets
 from mirrord.targets.local import LocalTarget, TargetError, read_environ
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -53,17 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="targetless")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--idle-timeout", type=float, default=5.0)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s agent %(levelname)s %(message)s",
-    )
-    token = os.environ.pop(TOKEN_ENV, "")
-    if not token:
-        print(f"mirrord agent: {TOKEN_ENV} is not set", file=sys.stderr)
-        return 2
+    args = begin("agent", parser, argv)
+    (token,) = take_secrets("agent", TOKEN_ENV)
     try:
         target = LocalTarget.parse(args.target)
         pid = target.process()

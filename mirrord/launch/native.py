@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mirrord import native
 from mirrord.config import MirrordConfig
-from mirrord.layer.context import LayerSettings
 from mirrord.native.table import ENV as RULES_ENV
 from mirrord.native.table import relay_table
+from mirrord.settings.contract import LayerSettings
 from mirrord.settings.debugger import IGNORE_ENV, DebuggerPorts
 
 HOOK_DIR_ENV = "MIRRORD_HOOK_DIR"

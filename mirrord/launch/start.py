@@ -11,13 +11,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mirrord.client.proxy import ProxyClient, ProxyUnavailable
 from mirrord.errors import MirrordError
 from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn_ready
-from mirrord.layer.client import ProxyClient, ProxyUnavailable
-from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.protocol import Env, GetEnv, RequestFailed
+from mirrord.settings.contract import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.targets.local import LocalTarget, TargetError
 
 START_TIMEOUT = 30.0

@@ -1,6 +1,7 @@
-"""The native relay's decision table, written from the settings objects the Python layer
-itself decides with (`LayerSettings`: the outgoing and DNS filters as `OutgoingFilter`
-compiled them, the incoming settings, skip_processes).
+"""The native relay's decision table, written from the settings contract the Python layer
+reads (`mirrord.settings.contract.LayerSettings`), compiled by the same code the layer
+compiles it with (the outgoing and DNS filters by `OutgoingFilter`), plus skip_processes
+and the debugger ports.
 
 The relay only looks entries up in it (mirrord/native/src/rules.c); every interpretation
 of the user's config (filter grammar, unspecified addresses, IPv4-mapped IPv6, name
@@ -10,10 +11,11 @@ line per entry: the relay parses it with no JSON or regex engine.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
-from mirrord.layer.context import LayerSettings
+from mirrord.settings.contract import LayerSettings
 from mirrord.settings.debugger import DebuggerPorts
 from mirrord.settings.outgoing_filter import OutgoingFilter
 
@@ -44,28 +46,31 @@ def relay_table(
 ) -> str:
     """The table for a session with these settings (`debugger`: the ports a debugger
     uses on this machine, MIRRORD_IGNORE_DEBUGGER_PORTS)."""
-    out = settings.outgoing_filter
+    outgoing, dns, incoming = settings.outgoing, settings.dns, settings.incoming
+    # as the layer's Rules compile the contract
+    out = OutgoingFilter.from_spec(outgoing.filter)
+    dns_filter = None if dns.filter is None else OutgoingFilter.from_spec(dns.filter)
     lines = [
         MAGIC,
-        f"outgoing {int(settings.tcp)} {int(settings.udp)} {int(settings.ignore_localhost)}",
+        f"outgoing {int(outgoing.tcp)} {int(outgoing.udp)} {int(outgoing.ignore_localhost)}",
         f"filter {_filter_mode(out)}",
         *_matches("tcp", out.index("tcp")),
         *_matches("udp", out.index("udp")),
-        f"dns {int(settings.remote_dns)} {_filter_mode(settings.dns_filter)}",
+        f"dns {int(dns.enabled)} {_filter_mode(dns_filter)}",
     ]
-    if settings.dns_filter is not None:
+    if dns_filter is not None:
         # a DNS filter is looked up as OutgoingFilter.query_is_remote does: its tcp entries
-        lines += _matches("dns", settings.dns_filter.index("tcp"))
+        lines += _matches("dns", dns_filter.index("tcp"))
     lines += [f"local_name {name}" for name in sorted(out.local_names)]
-    incoming = settings.incoming
     lines.append(f"incoming {incoming.mode} {int(incoming.ignore_localhost)}")
     if incoming.http_filter:
-        lines.append(f"http_filter {incoming.http_filter}")
-    lines += [f"port_mapping {a} {b}" for a, b in incoming.port_mapping.items()]
-    lines += [f"listen_port {a} {b}" for a, b in incoming.listen_ports.items()]
-    lines += [f"ignore_port {port}" for port in sorted(incoming.ignore_ports)]
+        # the JSON the layer's Subscribe carries (IncomingRules.http_filter)
+        lines.append(f"http_filter {json.dumps(incoming.http_filter)}")
+    lines += [f"port_mapping {a} {b}" for a, b in incoming.port_mapping]
+    lines += [f"listen_port {a} {b}" for a, b in incoming.listen_ports]
+    lines += [f"ignore_port {port}" for port in sorted(set(incoming.ignore_ports))]
     if incoming.ports is not None:
-        lines += ["ports_only", *(f"port {port}" for port in sorted(incoming.ports))]
+        lines += ["ports_only", *(f"port {port}" for port in sorted(set(incoming.ports)))]
     lines += [f"debugger_ports {a} {b}" for a, b in (debugger.ranges if debugger else ())]
     # a name with blanks cannot be a table word; no executable of a session has one
     lines += [f"skip {name}" for name in skip_processes if name and name.split() == [name]]

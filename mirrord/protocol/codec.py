@@ -9,6 +9,7 @@ holds more than one frame beyond what the caller has fed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import types
 import typing
@@ -163,6 +164,11 @@ def _data_frame(buf: bytearray, start: int, end: int) -> Data | None:
     return Data(conn=conn, data=bytes(buf[data_start:end]))
 
 
+@functools.lru_cache(maxsize=4096)
+def _conn_prefix(conn: int) -> bytes:
+    return _DATA_KEYS + msgpack.packb(conn) + b"\xa4data"
+
+
 def data_frame_header(conn: int, size: int) -> bytes:
     """The frame of a Data message up to its payload: length prefix, map, tag, conn, and
     the bin header of `size` bytes that follow. Lets a sender write the payload without
@@ -173,7 +179,7 @@ def data_frame_header(conn: int, size: int) -> bytes:
         bin_header = b"\xc5" + size.to_bytes(2, "big")
     else:
         bin_header = b"\xc6" + size.to_bytes(4, "big")
-    head = _DATA_KEYS + msgpack.packb(conn) + b"\xa4data" + bin_header
+    head = _conn_prefix(conn) + bin_header
     if len(head) + size > MAX_FRAME:
         raise ProtocolError(f"data: a frame of {len(head) + size} bytes is over the limit")
     return _LEN.pack(len(head) + size) + head

@@ -14,7 +14,13 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from mirrord.process.lifecycle import announce_ready, run_loop, stop_on_signal
+from mirrord.process.lifecycle import (
+    announce_ready,
+    begin,
+    run_loop,
+    stop_on_signal,
+    take_secrets,
+)
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
@@ -122,20 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="always relay bytes, even when the agent could hand over its sockets",
     )
-    parser.add_argument("--log-level", default="info")
     parser.add_argument("--warn-fd", type=int, help="the user's stderr, for warnings")
     parser.add_argument("--no-layer-warning", help="why no layer may connect, if none does")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s intproxy %(levelname)s %(message)s",
-    )
-    agent_token = os.environ.pop(AGENT_TOKEN_ENV, "")
-    proxy_token = os.environ.pop(PROXY_TOKEN_ENV, "")
-    if not agent_token or not proxy_token:
-        print("mirrord intproxy: session tokens are not set", file=sys.stderr)
-        return 2
+    args = begin("intproxy", parser, argv)
+    agent_token, proxy_token = take_secrets("intproxy", AGENT_TOKEN_ENV, PROXY_TOKEN_ENV)
     healthy = False
     try:
         healthy = run_loop(run, args, agent_token, proxy_token)

@@ -65,6 +65,8 @@ class Link:
         self._fileno = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._codec = Codec()
+        self._rbuf = bytearray(READ_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._fds: deque[int] = deque()
         self.can_pass_fds = sock.family == socket.AF_UNIX
         # only the intproxy takes descriptors (from its agent); anyone else's are closed
@@ -98,9 +100,11 @@ class Link:
 
     def _on_readable(self) -> None:
         try:
+            # into one buffer of ours: a fresh 256 KiB object per read would be an mmap
+            # and munmap per message
             if self._accept_fds:
-                data, ancillary, _flags, _addr = self.sock.recvmsg(
-                    READ_SIZE, _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
+                    [self._rbuf], _FD_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
                 for level, kind, payload in ancillary:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -109,16 +113,16 @@ class Link:
                 if len(self._fds) > MAX_FDS_PER_READ:
                     raise ProtocolError("the peer sent descriptors nobody asked for")
             else:
-                data = self.sock.recv(READ_SIZE)
+                size = self.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except (OSError, ProtocolError) as exc:
             self._end(exc)
             return
-        if not data:
+        if not size:
             self._end(anyio.EndOfStream())
             return
-        self._codec.feed(data)
+        self._codec.feed(self._rview[:size])
         try:
             while (msg := self._codec.next_message()) is not None:
                 handler = self.frame_handler
