@@ -17,7 +17,7 @@
 
 /* longer than the agent's own connect timeout, so its answer arrives first */
 #define REQUEST_TIMEOUT_S 45
-#define POOL_MAX 8
+#define POOL_MAX 4 /* idle links kept, as the Python layer keeps them */
 #define MAX_FDS 16
 
 struct channel {
