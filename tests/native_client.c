@@ -34,9 +34,12 @@ static const char *get(int fd, const char *path) {
     ssize_t k;
     while ((k = read(fd, buf + got, sizeof buf - 1 - got)) > 0)
         got += (size_t)k;
-    buf[got] = 0;
+    if (k < 0)
+        snprintf(buf, sizeof buf, "read failed: %s", strerror(errno));
+    else
+        buf[got] = 0;
     char *body = strstr(buf, "\r\n\r\n");
-    return body ? body + 4 : "";
+    return body ? body + 4 : buf;
 }
 
 static void peer_of(int fd, char *out, size_t cap) {
@@ -79,9 +82,13 @@ static const char *fetch(const char *path, char *peer, size_t cap) {
 
 static void *worker(void *arg) {
     (void)arg;
-    for (int i = 0; i < 5; i++)
-        if (!strstr(fetch("/thread", NULL, 0), "\"/thread\""))
+    for (int i = 0; i < 5; i++) {
+        const char *body = fetch("/thread", NULL, 0);
+        if (!strstr(body, "\"/thread\"")) {
+            printf("thread_body %.200s\n", body);
             return (void *)1;
+        }
+    }
     return NULL;
 }
 

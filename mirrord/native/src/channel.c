@@ -18,13 +18,17 @@
 /* longer than the agent's own connect timeout, so its answer arrives first */
 #define REQUEST_TIMEOUT_S 45
 #define POOL_MAX 4 /* idle links kept, as the Python layer keeps them */
+/* and more when their last request was a connect: the intproxy's relay for it lives with
+ * the link that asked, so closing the link right away would reset the connection */
+#define POOL_STICKY 32
 #define MAX_FDS 16
 
 struct channel {
     int fd;
     atomic_int lost; /* the app closed our descriptor: the number is not ours any more */
     int hello_pending;
-    int keep;
+    int keep;   /* owns a subscription: open while the process lives */
+    int sticky; /* its last request was a connect */
     uint8_t *buf;
     size_t len, cap;
     int fds[MAX_FDS];
@@ -33,7 +37,7 @@ struct channel {
 };
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct channel *idle[POOL_MAX];
+static struct channel *idle[POOL_STICKY];
 static int nidle;
 static struct channel *everyone;
 static atomic_llong next_req = 1;
@@ -181,7 +185,7 @@ static struct channel *take(void) {
 
 static void give_back(struct channel *c) {
     pthread_mutex_lock(&pool_lock);
-    if (!atomic_load(&c->lost) && nidle < POOL_MAX) {
+    if (!atomic_load(&c->lost) && (nidle < POOL_MAX || (c->sticky && nidle < POOL_STICKY))) {
         idle[nidle++] = c;
         c = NULL;
     } else if (!atomic_load(&c->lost) && c->keep) {
@@ -295,7 +299,8 @@ int chan_request(const uint8_t *frame, size_t n, int64_t req, struct reply *out,
         }
         if (out->req == req) {
             *fd_out = fd;
-            c->keep |= keep;
+            c->keep |= keep == CHAN_KEEP;
+            c->sticky = keep == CHAN_STICKY;
             give_back(c);
             errno = saved;
             return CHAN_OK;

@@ -188,7 +188,7 @@ EXPORT int listen(int fd, int backlog) {
     mpw_init(&w, buf, sizeof buf);
     frame_subscribe(&w, req, st.remote_port, MODES[relay_rules.incoming_mode],
                     relay_rules.http_filter, host, port, 1, (int64_t)st.inode);
-    int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &handed, 1);
+    int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &handed, CHAN_KEEP);
     mpw_free(&w);
     if (handed >= 0)
         real_close(handed);

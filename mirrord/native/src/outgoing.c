@@ -126,7 +126,7 @@ static int ask_connect(int udp, const struct sockaddr *addr, socklen_t len, int 
     int64_t req = chan_next_req();
     mpw_init(&w, buf, sizeof buf);
     frame_connect(&w, req, udp ? "udp" : "tcp", host, port, want_fd, nonblocking);
-    int rc = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, reply, fd, 0);
+    int rc = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, reply, fd, CHAN_STICKY);
     mpw_free(&w);
     if (rc != CHAN_OK)
         return fail(ENETUNREACH);

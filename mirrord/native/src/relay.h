@@ -75,12 +75,15 @@ void fd_after_fork_child(void);
 /* ---- the intproxy link (channel.c) */
 
 enum { CHAN_OK = 0, CHAN_UNAVAILABLE = -1 };
+/* chan_request's `keep`: what the link must outlive */
+enum { CHAN_DONE = 0, CHAN_KEEP = 1, CHAN_STICKY = 2 };
 
 int64_t chan_next_req(void);
 /* Send one frame (holding request `req`) and wait for its reply; `fd_out` gets the
  * descriptor a reply carries (or -1). CHAN_UNAVAILABLE: the intproxy cannot be reached
- * or broke the link (reported once on stderr). `keep`: the channel now owns a
- * subscription and stays open while the process lives. */
+ * or broke the link (reported once on stderr). `keep`: CHAN_KEEP, the channel now owns
+ * a subscription and stays open while the process lives; CHAN_STICKY, a connect's relay
+ * may depend on it for a while (kept idle rather than closed). */
 int chan_request(const uint8_t *frame, size_t n, int64_t req, struct reply *out, int *fd_out,
                  int keep);
 /* Send a frame that has no reply. */
