@@ -15,6 +15,9 @@ from mirrord.lab import Lab, create_lab
 settings.register_profile("mirrord", deadline=None)
 settings.load_profile("mirrord")
 
+# fixtures of the native relay's tests: servers in staging, the relay's builds
+pytest_plugins = ["native_services"]
+
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:

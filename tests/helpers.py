@@ -102,3 +102,14 @@ def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
     code = f"import sys, json; {statement}; print(json.dumps([m for m in {names!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return list(json.loads(done.stdout))
+
+
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float = 10) -> None:
+    """Send `sig` and wait; kill if it does not end in time."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

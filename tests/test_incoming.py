@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import REPO, agent_pids, mirrord, wait_gone
+from helpers import REPO, agent_pids, mirrord, stop_process, wait_gone
 
 from mirrord.lab import Lab
 
@@ -162,13 +162,7 @@ class App:
         return seen
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT)
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "network", "incoming", "ignore_localhost"),
     ("feature", "fs"),  # every key: mode, the regex lists, mapping, readonly_file_buffer
     ("agent", "ttl"),
+    ("skip_processes",),  # the native relay and the Python layer stay out of those
+    ("skip_build_tools",),
+    ("skip_extra_build_tools",),
 )
 # `true`/`false` on these sections only switches implemented things on or off.
 IMPLEMENTED_TOGGLES: tuple[KeyPath, ...] = (
