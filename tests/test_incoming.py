@@ -504,3 +504,5 @@ def test_a_connection_open_when_the_steal_ends_keeps_being_answered(
         assert wait_for(lambda: "-j RETURN" in nat_rules(lab))
         assert everyone.get(url, timeout=10).text == "staging-service"
     assert requests.get(url, timeout=10).text == "staging-service"
+    # once that connection is closed nothing needs the rules: they go
+    assert wait_for(lambda: "MIRRORD_" not in nat_rules(lab))

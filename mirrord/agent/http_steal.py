@@ -93,8 +93,12 @@ class _Engine:
 
     def drain(self) -> None:
         # the next response tells the client to close (no race with its next request);
-        # a connection that stays idle ends when the agent does
+        # a kept-alive connection idle now is closed now, as servers close idle ones: it
+        # would otherwise hold our rules (see StealService._retire_rules) for as long as
+        # the client keeps it
         self.draining = True
+        if self.between_requests and self.request is not None:
+            self._close_after_response()
 
     @property
     def between_requests(self) -> bool:

@@ -29,6 +29,7 @@ from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession
 from mirrord.http.head import RequestHead
+from mirrord.system.procfs import open_connections_on
 from mirrord.wire.splice import splice_sockets
 
 log = logging.getLogger("mirrord.agent")
@@ -53,6 +54,8 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
 
 #: Pause of the stealing listener after accept() failed (EMFILE: out of descriptors).
 ACCEPT_BACKOFF = 0.1
+#: how often, with no port stolen, we look whether a redirected connection is still open
+RETIRE_POLL = 0.25
 #: Requests one subscriber may have in flight (each holds a connection through its intproxy).
 MAX_IN_FLIGHT = 64
 #: How long a matching request waits for one of those before it is answered 503.
@@ -218,6 +221,7 @@ class StealService:
         self.redirects: list[Redirects] = []
         # iptables runs in a worker thread, one change at a time and in order
         self._rules = anyio.Lock()
+        self._retiring = False
         for family, anywhere, tool in (
             (socket.AF_INET, "0.0.0.0", "iptables"),
             (socket.AF_INET6, "::", "ip6tables"),
@@ -287,6 +291,39 @@ class StealService:
                 await anyio.to_thread.run_sync(self._release_rules, port)
                 self.drains.pop(port, Drain()).start()
                 log.info("released port %d", port)
+            if not self.subs and not self._retiring:
+                self._retiring = True
+                assert self.state.tg is not None
+                self.state.tg.start_soon(self._retire_rules)
+
+    async def _retire_rules(self) -> None:
+        """With no port stolen, our chain goes once no connection it redirected is open.
+
+        A released port's rules only send new connections past us (see Redirects.release):
+        the redirected ones still open, relayed here or handed over, need them. All of
+        those have our listener's port as their local port, whoever holds them now."""
+        ours = {sock.getsockname()[1] for sock in self.listeners}
+        try:
+            while True:
+                await anyio.sleep(RETIRE_POLL)
+                async with self._rules:
+                    if self.subs:
+                        return  # stealing again: the chain is in use
+                    try:
+                        still_open = open_connections_on(ours)
+                    except OSError as exc:
+                        log.info("cannot list connections (%s): rules stay until exit", exc)
+                        return
+                    if still_open == 0:
+                        await anyio.to_thread.run_sync(self._remove_rules)
+                        log.info("no port stolen and no redirected connection left: rules removed")
+                        return
+        finally:
+            self._retiring = False
+
+    def _remove_rules(self) -> None:
+        for redirects in self.redirects:
+            redirects.close()
 
     async def drop_session(self, session: ClientSession) -> None:
         for port in list(self.subs):
@@ -295,8 +332,7 @@ class StealService:
     def close(self) -> None:
         """At the agent's exit (also on SIGTERM), after the loop: every rule goes."""
         self.subs.clear()
-        for redirects in self.redirects:
-            redirects.close()
+        self._remove_rules()
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         # raw accept(): a stream object would start reading, and bytes read here could
