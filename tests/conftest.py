@@ -10,6 +10,9 @@ import pytest
 
 from mirrord.lab import Lab, create_lab
 
+# the Kubernetes lab's fixtures (kube_cluster, kube_ns, runtime, staging)
+pytest_plugins = ["kube_sessions"]
+
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
 from mirrord.process.lifecycle import announce_ready, run_loop
+from mirrord.targets.container import ContainerTarget
 from mirrord.targets.local import LocalTarget, TargetError, read_environ
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -46,6 +48,29 @@ def parse_listen(text: str) -> socket.socket:
     return sock
 
 
+#: Imported on demand by the features; a container's mount namespace does not have them.
+LAZY_MODULES = (
+    "anyio._backends._asyncio",
+    "uvloop",
+    "encodings.idna",
+    "h11._util",
+    "mirrord.agent.http_steal",
+    "mirrord.agent.reassembly",
+    "mirrord.agent.sniffer",
+    "mirrord.http.filter",
+    "scapy.arch.common",
+    "scapy.data",
+)
+
+
+def preload_modules() -> None:
+    for name in LAZY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # optional here (uvloop, scapy): the agent does without
+
+
 def describe(sock: socket.socket) -> str:
     addr = sock.getsockname()
     return f"unix:{addr}" if sock.family == socket.AF_UNIX else f"{addr[0]}:{addr[1]}"
@@ -56,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="targetless")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--idle-timeout", type=float, default=5.0)
+    parser.add_argument(
+        "--first-client-timeout",
+        type=float,
+        default=None,
+        help="how long to wait for the first client (default: the idle timeout)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -68,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mirrord agent: {TOKEN_ENV} is not set", file=sys.stderr)
         return 2
     try:
-        target = LocalTarget.parse(args.target)
+        target: LocalTarget | ContainerTarget
+        if args.target.startswith("container/"):
+            target = ContainerTarget.parse(args.target)
+            # our own files are not where the target's mounts are: load what we use later
+            preload_modules()
+        else:
+            target = LocalTarget.parse(args.target)
         pid = target.process()
         # read the environment before entering the target's mounts (and its /proc)
         env = read_environ(pid) if pid else {}
@@ -77,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TargetError, OSError) as exc:
         print(f"mirrord agent: {exc}", file=sys.stderr)
         return 1
-    state = AgentState(token=token, env=env, idle_timeout=args.idle_timeout)
+    state = AgentState(
+        token=token,
+        env=env,
+        idle_timeout=args.idle_timeout,
+        first_client_timeout=args.first_client_timeout,
+    )
     _remove_stale_rules()
     address = describe(listen_sock)
     socket_inode = os.stat(address[5:]).st_ino if address.startswith("unix:") else 0

@@ -66,6 +66,7 @@ class Session:
                 self._running = start_session(
                     self.config.target.path or "targetless",
                     self.config.layer_settings(),
+                    config=self.config,
                     log_level=self.log_level,
                 )
                 self._env = app_environment(self.config, self._running, os.environ, file_vars)

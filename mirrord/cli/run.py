@@ -42,6 +42,7 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
     session = start_session(
         cfg.target.path or "targetless",
         cfg.layer_settings(),
+        config=cfg,
         log_level=options.get("log_level") or "info",
         # a program that is not Python was warned about already, up front
         no_layer_warning=no_layer_hint(argv) if is_python(argv[0]) else None,

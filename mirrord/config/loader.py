@@ -108,6 +108,33 @@ _IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "network", "incoming", "ignore_localhost"),
     ("feature", "fs"),  # every key: mode, the regex lists, mapping, readonly_file_buffer
     ("agent", "ttl"),
+    # Kubernetes targets: the agent pod (mirrord/kube/agent_spec.py) and the cluster
+    *(
+        ("agent", key)
+        for key in (
+            "namespace",
+            "image",
+            "image_pull_policy",
+            "image_pull_secrets",
+            "ephemeral",
+            "communication_timeout",
+            "startup_timeout",
+            "disabled_capabilities",
+            "tolerations",
+            "resources",
+            "privileged",
+            "labels",
+            "annotations",
+            "node_selector",
+            "service_account",
+            "priority_class",
+            "security_context",
+            "disable_mesh_sidecar_injection",
+            "log_level",
+        )
+    ),
+    ("kubeconfig",),
+    ("kube_context",),
 )
 # `true`/`false` on these sections only switches implemented things on or off.
 _IMPLEMENTED_TOGGLES: tuple[KeyPath, ...] = (

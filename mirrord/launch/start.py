@@ -8,17 +8,23 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+from mirrord.config import MirrordConfig
 from mirrord.errors import MirrordError
 from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
+from mirrord.launch.kube_agent import KubeAgentHandle, kube_agent_for, uses_cluster
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn_ready
+from mirrord.launch.progress import NoProgress, Progress
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
 from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.protocol import Env, GetEnv, RequestFailed
 from mirrord.targets.local import LocalTarget, TargetError
+from mirrord.targets.path import LOCAL_KINDS, parse_kube_target, target_kind
 
 START_TIMEOUT = 30.0
 
@@ -67,29 +73,84 @@ def check_target(target: str) -> LocalTarget:
     return parsed
 
 
+class _Agent(Protocol):
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def proxy_args(self) -> Sequence[str]: ...
+
+    def failure_hint(self) -> str: ...
+
+
 def start_session(
     target: str,
     layer_settings: dict,
     *,
+    config: MirrordConfig | None = None,
+    progress: Progress | None = None,
     watch_pid: int | None = None,
     log_level: str = "info",
     no_layer_warning: str | None = None,
 ) -> RunningSession:
     """Start (or join) the target's agent and start an intproxy; the intproxy ends when
     `watch_pid` (default: us, who become the app) ends. With `no_layer_warning`, the
-    intproxy prints that line on our stderr if no layer has connected a few seconds on."""
-    check_target(target)
+    intproxy prints that line on our stderr if no layer has connected a few seconds on.
+    A Kubernetes target (or targetless with a namespace) gets its agent in the cluster
+    that `config` names, with `progress` shown meanwhile."""
+    cfg = config or MirrordConfig()
+    in_cluster = uses_cluster(cfg, target)
+    if in_cluster:
+        try:
+            parse_kube_target(target)
+        except TargetError as exc:
+            raise MirrordError(str(exc)) from None
+        progress = progress or Progress()
+    else:
+        if target_kind(target) not in (*LOCAL_KINDS, "targetless"):
+            try:
+                parse_kube_target(target)  # says which kinds there are
+            except TargetError as exc:
+                raise MirrordError(str(exc)) from None
+        check_target(target)
+        progress = progress or NoProgress()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
+
+    def find_agent(fresh: bool) -> _Agent:
+        if in_cluster:
+            return kube_agent_for(cfg, target, progress, fresh=fresh)
+        return agent_for(target, log_level=log_level, env=base_env)
+
     workdir = Path(tempfile.mkdtemp(prefix="mirrord-"))
     proxy_token = secrets.token_hex(16)
     # the intproxy's one line for the user goes to our stderr (its own is its log)
     warn_fd = os.dup(2) if no_layer_warning else None
     try:
-        proxy = _start_intproxy(
-            target, workdir, proxy_token, watch_pid, log_level, warn_fd, no_layer_warning
+        proxy, agent = _start_intproxy(
+            find_agent,
+            base_env,
+            progress,
+            workdir,
+            proxy_token,
+            watch_pid,
+            log_level,
+            warn_fd,
+            no_layer_warning,
         )
+    except BaseException:
+        progress.fail()
+        raise
     finally:
         if warn_fd is not None:
             os.close(warn_fd)
+    if isinstance(agent, KubeAgentHandle):
+        progress.done(f"connected to {agent.target.describe()}")
     return RunningSession(
         target=target,
         workdir=workdir,
@@ -101,15 +162,16 @@ def start_session(
 
 
 def _start_intproxy(
-    target: str,
+    find_agent: Callable[[bool], _Agent],
+    base_env: dict[str, str],
+    progress: Progress,
     workdir: Path,
     proxy_token: str,
     watch_pid: int | None,
     log_level: str,
     warn_fd: int | None,
     no_layer_warning: str | None,
-) -> subprocess.Popen[bytes]:
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
+) -> tuple[subprocess.Popen[bytes], _Agent]:
     warning_args = (
         ["--warn-fd", str(warn_fd), "--no-layer-warning", no_layer_warning]
         if warn_fd is not None and no_layer_warning
@@ -117,7 +179,8 @@ def _start_intproxy(
     )
     # a found agent may be leaving (idle) just as we join it: then start a fresh one
     for attempt in range(2):
-        agent = agent_for(target, log_level=log_level, env=base_env)
+        agent = find_agent(attempt > 0)
+        progress.step("port-forward to the agent")
         try:
             proxy, _ = spawn_ready(
                 "intproxy",
@@ -127,6 +190,7 @@ def _start_intproxy(
                     "mirrord.proxy",
                     "--agent",
                     agent.address,
+                    *agent.proxy_args,
                     "--socket",
                     str(workdir / "proxy.sock"),
                     "--watch-pid",
@@ -147,8 +211,8 @@ def _start_intproxy(
                 START_TIMEOUT,
                 pass_fds=(warn_fd,) if warn_fd is not None else (),
             )
-            return proxy
+            return proxy, agent
         except MirrordError as exc:
             if agent.started or attempt:
-                raise MirrordError(f"{exc}\nagent log: {agent.log}") from None
+                raise MirrordError(f"{exc}\n{agent.failure_hint()}") from None
     raise AssertionError("unreachable")

@@ -131,8 +131,14 @@ class AgentClient:
         except ProtocolError as exc:
             reason = f"the agent broke the protocol: {exc}"
             await self.link.fail(exc)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            OSError,
+        ) as exc:
+            # a transport that knows why it ended says so (a broken port-forward)
+            reason = str(exc) or reason
         finally:
             self.gone, self.gone_at = reason, time.monotonic()
             log.warning("agent link ended: %s", reason)

@@ -32,7 +32,16 @@ FIRST_LAYER_TIMEOUT = 60.0
 NO_LAYER_AFTER = 3.0
 
 
-async def connect_agent(address: str) -> anyio.abc.ByteStream:
+async def connect_agent(
+    address: str, args: argparse.Namespace | None = None
+) -> anyio.abc.ByteStream:
+    if address.startswith("kube:"):
+        # a cluster agent: through a Kubernetes port-forward that we open ourselves
+        from mirrord.kube.client import KubeAccess
+        from mirrord.kube.forward import connect_forward
+
+        access = KubeAccess(getattr(args, "kubeconfig", None), getattr(args, "kube_context", None))
+        return await connect_forward(address, access)
     if address.startswith("unix:"):
         return await anyio.connect_unix(address[5:])
     host, _, port = address.rpartition(":")
@@ -79,7 +88,7 @@ async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, te
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
     with anyio.fail_after(30):
-        stream = await connect_agent(args.agent)
+        stream = await connect_agent(args.agent, args)
     link = Link(stream, accept_fds=True)
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
@@ -117,7 +126,11 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mirrord intproxy")
-    parser.add_argument("--agent", required=True, help="HOST:PORT or unix:PATH of the agent")
+    parser.add_argument(
+        "--agent", required=True, help="HOST:PORT, unix:PATH or kube:NAMESPACE/POD:PORT"
+    )
+    parser.add_argument("--kubeconfig", help="for a kube: agent (default: kubectl's)")
+    parser.add_argument("--kube-context", help="for a kube: agent (default: the current)")
     parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
     parser.add_argument("--watch-pid", type=int, default=None)
     parser.add_argument("--workdir", help="the session's folder, removed after a clean exit")

@@ -1,0 +1,135 @@
+"""The intproxy's link to a cluster agent: a Kubernetes port-forward, opened by the
+intproxy itself with the official client, as an anyio byte stream.
+
+``kubernetes.stream.portforward`` runs one thread per forward that moves bytes between
+the API server's websocket and one end of a socket pair; the other end is ours, wrapped
+for the event loop. Nothing else sits in between (no local TCP hop, no extra process).
+
+A forward that breaks ends the stream with a ``BrokenResourceError`` that says which
+forward broke and what the API server or kubelet said, so the app's calls fail with
+that message instead of waiting: when the websocket closes the client closes our end,
+and when its thread dies of an error (it then closes nothing) we shut our end down.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mirrord.kube.client import KubeAccess, connect
+from mirrord.kube.errors import KubeError, describe_api_error
+
+_ADDRESS = re.compile(r"kube:([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*):(\d{1,5})")
+
+
+class ForwardError(OSError):
+    """The port-forward could not be opened (its text is the whole story)."""
+
+
+@dataclass(frozen=True)
+class ForwardAddress:
+    namespace: str
+    pod: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ForwardAddress:
+        m = _ADDRESS.fullmatch(text)
+        if m is None:
+            raise ForwardError(f"not a kube agent address: {text!r} (kube:NAMESPACE/POD:PORT)")
+        return cls(m.group(1), m.group(2), int(m.group(3)))
+
+    def __str__(self) -> str:
+        return f"pod {self.namespace}/{self.pod} port {self.port}"
+
+
+def open_forward(address: ForwardAddress, access: KubeAccess) -> tuple[socket.socket, Any]:
+    """Blocking: our end of a new port-forward, and the client's PortForward object."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.stream import portforward
+    from websocket import WebSocketException
+
+    try:
+        cluster = connect(access)
+    except KubeError as exc:
+        raise ForwardError(str(exc)) from None
+    core = client.CoreV1Api(cluster.api)
+    try:
+        pf = portforward(
+            core.connect_get_namespaced_pod_portforward,
+            address.pod,
+            address.namespace,
+            ports=str(address.port),
+        )
+    except (ApiException, WebSocketException, OSError) as exc:
+        doing = f"create pods/portforward for pod {address.namespace}/{address.pod}"
+        raise ForwardError(str(describe_api_error(exc, doing))) from None
+    # the client's wrapper only hides TCP options a socket pair lacks; the socket is ours
+    return pf.socket(address.port)._socket, pf
+
+
+class ForwardStream(anyio.abc.ByteStream):
+    """A byte stream over a port-forward; its end says why the forward ended."""
+
+    def __init__(self, stream: anyio.abc.SocketStream, pf: Any, address: ForwardAddress) -> None:
+        self._stream = stream
+        self._pf = pf
+        self._address = address
+        self._closed = False
+
+    def _broken(self) -> anyio.BrokenResourceError:
+        said = self._pf.error(self._address.port)
+        detail = f": {' '.join(said.split())}" if said else ""
+        return anyio.BrokenResourceError(f"the port-forward to {self._address} ended{detail}")
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._stream.receive(max_bytes)
+        except (anyio.EndOfStream, OSError):
+            if self._closed:
+                raise
+            raise self._broken() from None
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._stream.send(item)
+        except OSError:
+            raise self._broken() from None
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+        self._pf.close()
+
+
+async def connect_forward(text: str, access: KubeAccess) -> ForwardStream:
+    """A stream to the agent at ``kube:NAMESPACE/POD:PORT`` (see the module's docstring)."""
+    address = ForwardAddress.parse(text)
+    before = set(threading.enumerate())
+    sock, pf = await anyio.to_thread.run_sync(open_forward, address, access)
+    started = [t for t in set(threading.enumerate()) - before if "port forward" in t.name]
+    for thread in started:
+        threading.Thread(target=_end_with, args=(thread, sock), daemon=True).start()
+    sock.setblocking(False)
+    stream = await anyio.abc.SocketStream.from_socket(sock)
+    return ForwardStream(stream, pf, address)
+
+
+def _end_with(thread: threading.Thread, sock: socket.socket) -> None:
+    """When the forward's thread ends, so does our end: it closes it only on a clean
+    websocket close, and an error in it would leave us waiting for ever."""
+    thread.join()
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
