@@ -3,13 +3,15 @@ lab cluster, played by the harness's runtime, and the CLI run against that clust
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,3 +136,77 @@ def runtime(kube_cluster: KubeLab, tmp_path: Path) -> Iterator[Runtime]:
 def staging(kube_cluster: KubeLab, kube_ns: str, lab: Lab, runtime: Runtime) -> Staging:
     pod = run_staging(kube_cluster, runtime, lab, kube_ns)
     return Staging(kube_cluster, lab, runtime, kube_ns, pod)
+
+
+#: A local HTTP server that says who answered and what it got, one JSON line per request.
+SERVER = """
+    import http.server, json, os
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            reply = json.dumps({"who": WHO, "client": self.client_address[0],
+                                "body": body.decode()}).encode()
+            os.write(1, reply + b"\\n")
+            self.send_response(200); self.send_header("Content-Length", str(len(reply)))
+            self.end_headers(); self.wfile.write(reply)
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H)
+    print("ready", flush=True)
+    srv.serve_forever()
+"""
+
+
+def config_file(tmp_path: Path, tree: Mapping[str, Any], name: str = "mirrord.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(tree))
+    return str(path)
+
+
+def incoming(tmp_path: Path, mode: str, header: str | None = None) -> str:
+    """A config file for ``mode`` (mirror/steal), with a header filter if given."""
+    section: dict[str, Any] = {"mode": mode}
+    if header:
+        section["http_filter"] = {"header_filter": header}
+    tag = header.replace(":", "").replace(" ", "") if header else mode
+    return config_file(tmp_path, {"feature": {"network": {"incoming": section}}}, f"{tag}.json")
+
+
+class App:
+    """A local server run under mirrord on a cluster target until the test ends."""
+
+    def __init__(self, staging: Staging, tmp_path: Path, who: str, *args: str) -> None:
+        code = f"WHO = {who!r}\n" + textwrap.dedent(SERVER)
+        self.proc = staging.popen(*args, script(tmp_path, code, f"server-{who}.py"))
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.stop()
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"app {who} did not start: {line!r} {stderr}")
+
+    def seen(self, count: int) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        return [json.loads(self.proc.stdout.readline()) for _ in range(count)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_app(staging: Staging, tmp_path: Path) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def start(who: str, *args: str) -> App:
+        apps.append(App(staging, tmp_path, who, *args))
+        return apps[-1]
+
+    yield start
+    for app in apps:
+        app.stop()

@@ -130,6 +130,42 @@ def raise_api(exc: BaseException, doing: str) -> None:
     raise describe_api_error(exc, doing) from None
 
 
+# ---------------------------------------------------------------- access
+
+
+def require(api: Any, namespace: str, verb: str, resource: str, why: str) -> None:
+    """Fail now, with one line, if RBAC does not let us ``verb resource`` (e.g. create
+    pods/portforward) in ``namespace``: better than an agent nobody can reach."""
+    from kubernetes import client
+
+    group, _, rest = resource.rpartition(".") if "/" not in resource else ("", "", resource)
+    name, _, sub = rest.partition("/")
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {
+                "namespace": namespace,
+                "verb": verb,
+                "group": group,
+                "resource": name,
+                **({"subresource": sub} if sub else {}),
+            }
+        },
+    }
+    try:
+        answer = client.AuthorizationV1Api(api).create_self_subject_access_review(
+            model(client.V1SelfSubjectAccessReview, review)
+        )
+    except Exception:
+        return  # cannot ask: the call itself will tell
+    if answer.status is not None and not answer.status.allowed:
+        raise KubeError(
+            f'{why}: RBAC forbids you to {verb} resource "{rest}" in namespace "{namespace}"',
+            403,
+        )
+
+
 # ---------------------------------------------------------------- starting
 
 

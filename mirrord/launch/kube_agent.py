@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mirrord.config import MirrordConfig
-from mirrord.kube.agent import AgentPod, find_agent, start_agent
+from mirrord.kube.agent import AgentPod, find_agent, require, start_agent
 from mirrord.kube.agent_spec import AgentSettings
 from mirrord.kube.client import Cluster, KubeAccess, connect
 from mirrord.kube.resolve import ResolvedTarget, resolve
@@ -73,6 +73,8 @@ def kube_agent_for(
     namespace = cfg.target.namespace or cluster.namespace
     resolved = resolve(cluster.api, parse_kube_target(target), namespace)
     settings = AgentSettings.from_config(cfg.agent)
+    agent_ns = resolved.namespace if settings.ephemeral else settings.namespace or namespace
+    require(cluster.api, agent_ns, "create", "pods/portforward", "cannot reach an agent")
     pod = None if fresh else find_agent(cluster.api, settings, resolved)
     if pod is not None:
         progress.step(f"joining the agent in pod {pod.namespace}/{pod.pod}")

@@ -285,8 +285,12 @@ class Runtime:
                     "target": {"apiVersion": "v1", "kind": "Node", "name": node.metadata.name},
                 }
                 with contextlib.suppress(ApiException):  # bound meanwhile
+                    # the server answers with a Status, not the Binding the client expects
                     self.core.create_namespaced_pod_binding(
-                        pod.metadata.name, pod.metadata.namespace, model(client.V1Binding, body)
+                        pod.metadata.name,
+                        pod.metadata.namespace,
+                        model(client.V1Binding, body),
+                        _preload_content=False,
                     )
                 return
 
