@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,10 @@ import pytest
 from helpers import REPO
 from kubernetes import client
 
-from mirrord.kube.errors import KubeError
-from mirrord.kube.resolve import resolve
 from mirrord.lab import Lab
-from mirrord.lab.kube import BinariesMissing, KubeLab, resources, workloads
-from mirrord.lab.kube.runtime import Claim, Runtime
-from mirrord.targets.path import parse_kube_target
-
-NODE = "played-1"
-LABELS = {"app": "staging"}
+from mirrord.lab.kube import BinariesMissing, KubeLab, workloads
+from mirrord.lab.kube.runtime import Runtime
+from mirrord.lab.kube.staging import deploy_staging
 
 
 @dataclass
@@ -80,24 +74,6 @@ def script(tmp_path: Path, code: str, name: str = "app.py") -> str:
     return str(path)
 
 
-def run_staging(kube: KubeLab, runtime: Runtime, lab: Lab, namespace: str) -> str:
-    """Deploy ``deployment/staging`` whose pod is the lab's staging service; its pod name."""
-    api = kube.api_client()
-    runtime.claim(Claim.of_lab(namespace, LABELS, lab))
-    containers = [resources.container("main", ports=[lab.service_port])]
-    workloads.apply(
-        api, namespace, workloads.deployment("staging", NODE, LABELS, containers=containers)
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return resolve(api, parse_kube_target("deployment/staging"), namespace).pod
-        except KubeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeLab]:
     """One Kubernetes lab (real control plane, played node ``played-1``) for the whole run;
@@ -134,7 +110,7 @@ def runtime(kube_cluster: KubeLab, tmp_path: Path) -> Iterator[Runtime]:
 
 @pytest.fixture
 def staging(kube_cluster: KubeLab, kube_ns: str, lab: Lab, runtime: Runtime) -> Staging:
-    pod = run_staging(kube_cluster, runtime, lab, kube_ns)
+    pod = deploy_staging(kube_cluster, runtime, lab, kube_ns)
     return Staging(kube_cluster, lab, runtime, kube_ns, pod)
 
 

@@ -11,6 +11,10 @@ from typing import Any
 
 from mirrord.kube.errors import KubeError
 
+#: The intproxy's agent address while the CLI is still making the agent: it then reads
+#: ``{"address": "kube:NS/POD:PORT", "token": ...}`` on its stdin (``forward.wait_for_agent``).
+PENDING_AGENT = "kube:pending"
+
 
 @dataclass(frozen=True)
 class KubeAccess:

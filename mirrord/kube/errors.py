@@ -72,6 +72,8 @@ def describe_api_error(exc: BaseException, doing: str) -> KubeError:
         detail = message or getattr(exc, "reason", None) or f"HTTP {status}"
         return KubeError(f"cannot {doing}: {detail}", status)
     text = " ".join(str(getattr(exc, "reason", None) or exc).split())
+    if "does not answer" in text:
+        return KubeError(f"cannot {doing}: {text[:300]}")
     if "Max retries exceeded" in text or "Connection refused" in text:
         m = re.search(r"host='([^']*)', port=(\d+)", text)
         where = f" at {m.group(1)}:{m.group(2)}" if m else ""
@@ -81,10 +83,11 @@ def describe_api_error(exc: BaseException, doing: str) -> KubeError:
 
 def call(doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, its failures as ``KubeError`` (see :func:`describe_api_error`)."""
-    from kubernetes.client.exceptions import ApiException, OpenApiException
     from urllib3.exceptions import HTTPError
+
+    from mirrord.kube.rest import RestError
 
     try:
         return fn(*args, **kwargs)
-    except (ApiException, OpenApiException, HTTPError, OSError) as exc:
+    except (RestError, HTTPError, OSError) as exc:
         raise describe_api_error(exc, doing) from None

@@ -13,16 +13,18 @@ and when its thread dies of an error (it then closes nothing) we shut our end do
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import anyio.abc
 
-from mirrord.kube.client import KubeAccess, connect
+from mirrord.kube.client import Cluster, KubeAccess, connect
 from mirrord.kube.errors import KubeError, describe_api_error
 
 _ADDRESS = re.compile(r"kube:([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*):(\d{1,5})")
@@ -49,6 +51,38 @@ class ForwardAddress:
         return f"pod {self.namespace}/{self.pod} port {self.port}"
 
 
+_clusters: dict[KubeAccess, Cluster] = {}
+
+
+def cluster_for(access: KubeAccess) -> Cluster:
+    """The client for ``access``, loaded once per process."""
+    if access not in _clusters:
+        try:
+            _clusters[access] = connect(access)
+        except KubeError as exc:
+            raise ForwardError(str(exc)) from None
+    return _clusters[access]
+
+
+def wait_for_agent(access: KubeAccess, stdin: IO[str] | None = None) -> tuple[str, str] | None:
+    """For an intproxy started before its agent (``PENDING_AGENT``): load the client and
+    the kubeconfig now, then read the agent's address and token from ``stdin`` (None if
+    the CLI gave up and closed it)."""
+    # importing the client's models is the slow part (~1 s): do it now
+    from kubernetes import client
+    from kubernetes.stream import portforward  # noqa: F401
+
+    client.CoreV1Api(cluster_for(access).api)
+    line = (stdin or sys.stdin).readline()
+    if not line.strip():
+        return None
+    try:
+        doc = json.loads(line)
+        return str(doc["address"]), str(doc["token"])
+    except (ValueError, KeyError, TypeError):
+        raise ForwardError(f"unexpected agent announcement: {line[:100]!r}") from None
+
+
 def open_forward(address: ForwardAddress, access: KubeAccess) -> tuple[socket.socket, Any]:
     """Blocking: our end of a new port-forward, and the client's PortForward object."""
     from kubernetes import client
@@ -56,11 +90,7 @@ def open_forward(address: ForwardAddress, access: KubeAccess) -> tuple[socket.so
     from kubernetes.stream import portforward
     from websocket import WebSocketException
 
-    try:
-        cluster = connect(access)
-    except KubeError as exc:
-        raise ForwardError(str(exc)) from None
-    core = client.CoreV1Api(cluster.api)
+    core = client.CoreV1Api(cluster_for(access).api)
     try:
         pf = portforward(
             core.connect_get_namespaced_pod_portforward,

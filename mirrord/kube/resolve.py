@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrord.kube.errors import KubeError, call
+from mirrord.kube.rest import Rest, path
 from mirrord.targets.path import KubeTarget
 
 #: Sidecars a target container is never guessed to be (mirrord's SKIP_NAMES).
@@ -64,18 +65,30 @@ class TargetNotReady(KubeError):
     pass
 
 
+#: Where each kind of workload lives in the API: group/version and plural.
+WORKLOADS = {
+    "pod": ("v1", "pods"),
+    "deployment": ("apps/v1", "deployments"),
+    "statefulset": ("apps/v1", "statefulsets"),
+    "replicaset": ("apps/v1", "replicasets"),
+    "job": ("batch/v1", "jobs"),
+    "cronjob": ("batch/v1", "cronjobs"),
+    "service": ("v1", "services"),
+    "rollout": ("/".join(ROLLOUTS[:2]), ROLLOUTS[2]),
+}
+
+
 def resolve(api: Any, target: KubeTarget, namespace: str) -> ResolvedTarget:
     """The pod/container ``target`` names in ``namespace``; a one-line ``KubeError`` when
-    it does not exist, does not run, has no ready pod, or RBAC forbids looking."""
+    it does not exist, does not run, has no ready pod, or RBAC forbids looking.
+    ``api`` is the client's ``ApiClient``."""
     if target.targetless:
         return ResolvedTarget(target, namespace)
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
+    rest = Rest.of(api)
+    obj = _read(rest, target, namespace)
     if target.kind == "pod":
-        pod = call(f"get {target}", _read(core.read_namespaced_pod, target, namespace))
-        return from_pod(target, pod)
-    pods, owner = _workload_pods(api, target, namespace)
+        return from_pod(target, obj)
+    pods, owner = _workload_pods(rest, target, obj, namespace)
     if not pods:
         raise TargetNotReady(f"target {target} in namespace {namespace}: {owner} has no pod")
     reasons = []
@@ -89,68 +102,44 @@ def resolve(api: Any, target: KubeTarget, namespace: str) -> ResolvedTarget:
     )
 
 
-def _read(fn: Any, target: KubeTarget, namespace: str) -> Any:
-    """A reader of the target's object whose 404 says which target is missing."""
-
-    def read() -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return fn(target.name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise KubeError(
-                    f"target {target} not found in namespace {namespace}", 404
-                ) from None
-            raise
-
-    return read
+def _read(rest: Rest, target: KubeTarget, namespace: str) -> dict[str, Any]:
+    group, plural = WORKLOADS[target.kind]
+    try:
+        return dict(call(f"get {target}", rest.get, path(group, namespace, plural, target.name)))
+    except KubeError as exc:
+        if exc.status == 404:
+            raise KubeError(f"target {target} not found in namespace {namespace}", 404) from None
+        raise
 
 
-def _workload_pods(api: Any, target: KubeTarget, ns: str) -> tuple[list[Any], str]:
+def _workload_pods(
+    rest: Rest, target: KubeTarget, obj: dict[str, Any], ns: str
+) -> tuple[list[dict[str, Any]], str]:
     """The pods behind the workload, and how to name where they came from."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
-    kind = target.kind
-    if kind == "cronjob":
-        return _cronjob_pods(api, target, ns)
-    if kind == "service":
-        svc = call(f"get {target}", _read(core.read_namespaced_service, target, ns))
-        selector = (svc.spec and svc.spec.selector) or {}
+    spec = obj.get("spec") or {}
+    if target.kind == "cronjob":
+        return _cronjob_pods(rest, target, obj, ns)
+    if target.kind == "service":
+        selector = spec.get("selector") or {}
         if not selector:
             raise KubeError(f"target {target}: the service has no selector, so no pods")
-        return _pods(core, ns, ",".join(f"{k}={v}" for k, v in sorted(selector.items()))), (
-            f"its selector {_show(selector)}"
-        )
-    if kind == "rollout":
-        obj = call(f"get {target}", _read(_rollout_reader(api), target, ns))
-        selector = _rollout_selector(api, target, obj, ns)
+        text = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        return _pods(rest, ns, text), f"its selector {text}"
+    if target.kind == "rollout":
+        selector = _rollout_selector(rest, target, spec, ns)
     else:
-        apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
-        readers = {
-            "deployment": apps.read_namespaced_deployment,
-            "statefulset": apps.read_namespaced_stateful_set,
-            "replicaset": apps.read_namespaced_replica_set,
-            "job": batch.read_namespaced_job,
-        }
-        obj = call(f"get {target}", _read(readers[kind], target, ns))
-        selector = api.sanitize_for_serialization(obj.spec.selector) if obj.spec else None
+        selector = spec.get("selector")
     text = label_selector(selector)
     if not text:
         raise KubeError(f"target {target}: it has no pod selector")
-    return _pods(core, ns, text), f"its selector {text}"
+    return _pods(rest, ns, text), f"its selector {text}"
 
 
-def _pods(core: Any, ns: str, selector: str) -> list[Any]:
+def _pods(rest: Rest, ns: str, selector: str) -> list[dict[str, Any]]:
     listed = call(
-        f"list pods in namespace {ns}", core.list_namespaced_pod, ns, label_selector=selector
+        f"list pods in namespace {ns}", rest.get, path("v1", ns, "pods"), labelSelector=selector
     )
-    return sorted(listed.items, key=lambda p: p.metadata.name)
-
-
-def _show(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return sorted(listed.get("items") or [], key=lambda p: p["metadata"]["name"])
 
 
 def label_selector(selector: dict[str, Any] | None) -> str:
@@ -171,97 +160,85 @@ def label_selector(selector: dict[str, Any] | None) -> str:
     return ",".join(parts)
 
 
-def _rollout_reader(api: Any) -> Any:
-    from kubernetes import client
-
-    custom = client.CustomObjectsApi(api)
-
-    def read(name: str, ns: str) -> Any:
-        return custom.get_namespaced_custom_object(*ROLLOUTS[:2], ns, ROLLOUTS[2], name)
-
-    return read
-
-
-def _rollout_selector(api: Any, target: KubeTarget, rollout: dict[str, Any], ns: str) -> Any:
+def _rollout_selector(rest: Rest, target: KubeTarget, spec: dict[str, Any], ns: str) -> Any:
     """Argo Rollouts: ``spec.selector``, or the one of the Deployment its ``workloadRef``
     names (the rollout then runs that Deployment's template)."""
-    spec = rollout.get("spec") or {}
     if spec.get("selector"):
         return spec["selector"]
     ref = spec.get("workloadRef") or {}
     if ref.get("kind") == "Deployment" and ref.get("name"):
-        from kubernetes import client
-
         deployment = call(
             f"get deployment/{ref['name']} (the workloadRef of {target})",
-            client.AppsV1Api(api).read_namespaced_deployment,
-            ref["name"],
-            ns,
+            rest.get,
+            path("apps/v1", ns, "deployments", ref["name"]),
         )
-        return api.sanitize_for_serialization(deployment.spec.selector)
+        return (deployment.get("spec") or {}).get("selector")
     return None
 
 
-def _cronjob_pods(api: Any, target: KubeTarget, ns: str) -> tuple[list[Any], str]:
-    from kubernetes import client
-
-    batch = client.BatchV1Api(api)
-    cron = call(f"get {target}", _read(batch.read_namespaced_cron_job, target, ns))
-    active = [ref.name for ref in (cron.status and cron.status.active) or []]
+def _cronjob_pods(
+    rest: Rest, target: KubeTarget, cron: dict[str, Any], ns: str
+) -> tuple[list[dict[str, Any]], str]:
+    active = [ref["name"] for ref in (cron.get("status") or {}).get("active") or []]
     if not active:
         raise TargetNotReady(f"target {target} in namespace {ns}: no running pod (no active Job)")
-    pods: list[Any] = []
-    core = client.CoreV1Api(api)
+    pods: list[dict[str, Any]] = []
     for job_name in active:
-        job = call(f"get job/{job_name} of {target}", batch.read_namespaced_job, job_name, ns)
-        selector = label_selector(api.sanitize_for_serialization(job.spec.selector))
+        job = call(
+            f"get job/{job_name} of {target}", rest.get, path("batch/v1", ns, "jobs", job_name)
+        )
+        selector = label_selector((job.get("spec") or {}).get("selector"))
         if selector:
-            pods += _pods(core, ns, selector)
+            pods += _pods(rest, ns, selector)
     return pods, f"its active Jobs ({', '.join(active)})"
 
 
-def choose_container(statuses: list[Any], wanted: str | None, default: str | None) -> Any:
+def choose_container(
+    statuses: list[dict[str, Any]], wanted: str | None, default: str | None
+) -> dict[str, Any] | None:
     """The status of the container to target (see the module's docstring), or None."""
     if wanted:
-        return next((s for s in statuses if s.name == wanted), None)
+        return next((s for s in statuses if s["name"] == wanted), None)
     if default:
-        found = next((s for s in statuses if s.name == default), None)
+        found = next((s for s in statuses if s["name"] == default), None)
         if found is not None:
             return found
-    return next((s for s in statuses if s.name not in SIDECARS), statuses[0] if statuses else None)
+    fallback = statuses[0] if statuses else None
+    return next((s for s in statuses if s["name"] not in SIDECARS), fallback)
 
 
-def from_pod(target: KubeTarget, pod: Any) -> ResolvedTarget:
-    """The target as this pod runs it; ``TargetNotReady`` says why it cannot be targeted."""
-    meta, spec, status = pod.metadata, pod.spec, pod.status
-    where = f"pod {meta.namespace}/{meta.name}"
-    if meta.deletion_timestamp is not None:
+def from_pod(target: KubeTarget, pod: dict[str, Any]) -> ResolvedTarget:
+    """The target as this pod (API JSON) runs it; ``TargetNotReady`` says why it cannot be
+    targeted."""
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    where = f"pod {meta['namespace']}/{meta['name']}"
+    if meta.get("deletionTimestamp"):
         raise TargetNotReady(f"target {target}: {where} is being deleted")
-    phase = status.phase if status else None
+    phase = status.get("phase")
     if phase != "Running":
         raise TargetNotReady(f"target {target}: {where} is not running (phase {phase})")
-    statuses = list((status and status.container_statuses) or [])
-    default = (meta.annotations or {}).get(DEFAULT_CONTAINER_ANNOTATION)
+    statuses = list(status.get("containerStatuses") or [])
+    default = (meta.get("annotations") or {}).get(DEFAULT_CONTAINER_ANNOTATION)
     chosen = choose_container(statuses, target.container, default)
     if chosen is None:
-        names = ", ".join(c.name for c in spec.containers) or "none"
+        names = ", ".join(c["name"] for c in spec.get("containers") or []) or "none"
         what = f"no container {target.container!r}" if target.container else "no container"
         raise TargetNotReady(f"target {target}: {where} has {what} (it has: {names})")
-    if not chosen.ready or not chosen.container_id:
-        raise TargetNotReady(f"target {target}: container {chosen.name} of {where} is not ready")
-    runtime, sep, container_id = chosen.container_id.partition("://")
+    if not chosen.get("ready") or not chosen.get("containerID"):
+        raise TargetNotReady(f"target {target}: container {chosen['name']} of {where} is not ready")
+    runtime, sep, container_id = chosen["containerID"].partition("://")
     if not sep or not container_id:
         raise TargetNotReady(
-            f"target {target}: {where} reports an unknown container id {chosen.container_id!r}"
+            f"target {target}: {where} reports an unknown container id {chosen['containerID']!r}"
         )
     return ResolvedTarget(
         target=target,
-        namespace=meta.namespace,
-        pod=meta.name,
-        pod_uid=meta.uid,
-        node=spec.node_name or "",
-        container=chosen.name,
+        namespace=meta["namespace"],
+        pod=meta["name"],
+        pod_uid=meta["uid"],
+        node=spec.get("nodeName") or "",
+        container=chosen["name"],
         container_id=container_id,
         runtime=runtime,
-        pod_ips=tuple(ip.ip for ip in (status.pod_ips or [])),
+        pod_ips=tuple(ip["ip"] for ip in status.get("podIPs") or []),
     )

@@ -15,10 +15,11 @@ from typing import Protocol
 
 from mirrord.config import MirrordConfig
 from mirrord.errors import MirrordError
+from mirrord.kube.client import PENDING_AGENT
 from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
-from mirrord.launch.kube_agent import KubeAgentHandle, kube_agent_for, uses_cluster
+from mirrord.launch.kube_agent import KubeAgentHandle, access_of, kube_agent_for, uses_cluster
 from mirrord.launch.local_agent import agent_for
-from mirrord.launch.processes import spawn_ready
+from mirrord.launch.processes import spawn, wait_ready
 from mirrord.launch.progress import NoProgress, Progress
 from mirrord.layer.client import ProxyClient, ProxyUnavailable
 from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
@@ -142,6 +143,7 @@ def start_session(
             log_level,
             warn_fd,
             no_layer_warning,
+            pending_args=access_of(cfg).args() if in_cluster else None,
         )
     except BaseException:
         progress.fail()
@@ -171,48 +173,77 @@ def _start_intproxy(
     log_level: str,
     warn_fd: int | None,
     no_layer_warning: str | None,
+    pending_args: Sequence[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], _Agent]:
-    warning_args = (
-        ["--warn-fd", str(warn_fd), "--no-layer-warning", no_layer_warning]
-        if warn_fd is not None and no_layer_warning
-        else []
-    )
+    """Start the intproxy for the agent `find_agent` gives. With `pending_args` (a
+    cluster agent), the intproxy starts first and gets the agent's address on its stdin
+    once the agent is ready: its imports and kubeconfig overlap with making the agent."""
+    log = workdir / "intproxy.log"
+
+    def argv(address: str, extra: Sequence[str]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mirrord.proxy",
+            "--agent",
+            address,
+            *extra,
+            "--socket",
+            str(workdir / "proxy.sock"),
+            "--watch-pid",
+            str(watch_pid or os.getpid()),
+            "--workdir",
+            str(workdir),
+            "--log-level",
+            log_level,
+            *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
+            *(
+                ["--warn-fd", str(warn_fd), "--no-layer-warning", no_layer_warning]
+                if warn_fd is not None and no_layer_warning
+                else []
+            ),
+        ]
+
+    fds = (warn_fd,) if warn_fd is not None else ()
+    env = {**base_env, "MIRRORD_PROXY_TOKEN": proxy_token}
     # a found agent may be leaving (idle) just as we join it: then start a fresh one
     for attempt in range(2):
-        agent = find_agent(attempt > 0)
+        early = None
+        if pending_args is not None:
+            early = spawn(argv(PENDING_AGENT, pending_args), env, log, fds, stdin_pipe=True)
+        try:
+            agent = find_agent(attempt > 0)
+        except BaseException:
+            if early is not None:
+                early.kill()
+                early.wait()
+            raise
         progress.step("port-forward to the agent")
         try:
-            proxy, _ = spawn_ready(
-                "intproxy",
-                [
-                    sys.executable,
-                    "-m",
-                    "mirrord.proxy",
-                    "--agent",
-                    agent.address,
-                    *agent.proxy_args,
-                    "--socket",
-                    str(workdir / "proxy.sock"),
-                    "--watch-pid",
-                    str(watch_pid or os.getpid()),
-                    "--workdir",
-                    str(workdir),
-                    "--log-level",
-                    log_level,
-                    *(["--no-fd-passing"] if os.environ.get("MIRRORD_NO_FD_PASSING") else []),
-                    *warning_args,
-                ],
-                {
-                    **base_env,
-                    "MIRRORD_AGENT_TOKEN": agent.token,
-                    "MIRRORD_PROXY_TOKEN": proxy_token,
-                },
-                workdir / "intproxy.log",
-                START_TIMEOUT,
-                pass_fds=(warn_fd,) if warn_fd is not None else (),
-            )
+            if early is not None:
+                proxy = early
+                _tell_agent(proxy, agent)
+            else:
+                proxy = spawn(
+                    argv(agent.address, agent.proxy_args),
+                    {**env, "MIRRORD_AGENT_TOKEN": agent.token},
+                    log,
+                    fds,
+                )
+            wait_ready("intproxy", proxy, log, START_TIMEOUT)
             return proxy, agent
         except MirrordError as exc:
             if agent.started or attempt:
                 raise MirrordError(f"{exc}\n{agent.failure_hint()}") from None
     raise AssertionError("unreachable")
+
+
+def _tell_agent(proxy: subprocess.Popen[bytes], agent: _Agent) -> None:
+    """The agent's address and token, to an intproxy that waits for them."""
+    assert proxy.stdin is not None
+    line = json.dumps({"address": agent.address, "token": agent.token}) + "\n"
+    try:
+        proxy.stdin.write(line.encode())
+        proxy.stdin.close()
+    except OSError:
+        pass  # it died: waiting for its ready line says how

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from mirrord.kube.client import PENDING_AGENT, KubeAccess
 from mirrord.process.lifecycle import announce_ready, run_loop, stop_on_signal
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
@@ -37,7 +38,6 @@ async def connect_agent(
 ) -> anyio.abc.ByteStream:
     if address.startswith("kube:"):
         # a cluster agent: through a Kubernetes port-forward that we open ourselves
-        from mirrord.kube.client import KubeAccess
         from mirrord.kube.forward import connect_forward
 
         access = KubeAccess(getattr(args, "kubeconfig", None), getattr(args, "kube_context", None))
@@ -150,6 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     agent_token = os.environ.pop(AGENT_TOKEN_ENV, "")
     proxy_token = os.environ.pop(PROXY_TOKEN_ENV, "")
+    if args.agent == PENDING_AGENT:
+        # a cluster agent still being made: get ready meanwhile, then learn where it is
+        from mirrord.kube.forward import ForwardError, wait_for_agent
+
+        try:
+            found = wait_for_agent(KubeAccess(args.kubeconfig, args.kube_context))
+        except ForwardError as exc:
+            print(f"mirrord intproxy: {exc}", file=sys.stderr)
+            return 1
+        if found is None:
+            return 2  # the CLI gave up on the agent
+        args.agent, agent_token = found
     if not agent_token or not proxy_token:
         print("mirrord intproxy: session tokens are not set", file=sys.stderr)
         return 2
