@@ -289,3 +289,46 @@ def test_missing_rbac_is_named(
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("mirrord: ") and denied in error, proc.stderr
     wait_until(lambda: staging.agent_jobs() == [], what="nothing left behind")
+
+
+def test_joining_needs_to_read_the_agents_secret(
+    staging: Staging, tmp_path: Path, start_app
+) -> None:
+    start_app("first", "-t", "deployment/staging", "-n", staging.namespace)
+    rules = [READ, *MAKE_AGENT[1:], FORWARD]  # everything but reading secrets
+    kubeconfig = user_kubeconfig(staging, "joiner", rules)
+    proc = staging.mirrord(
+        *("-t", "deployment/staging", "-n", staging.namespace, script(tmp_path, APP)),
+        env={"KUBECONFIG": kubeconfig},
+    )
+    assert proc.returncode == 1, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("mirrord: cannot get secrets in namespace ")
+    assert 'cannot get resource "secrets"' in error
+
+
+def test_an_agent_that_cannot_start_is_reported_with_its_log(
+    kube_cluster, kube_ns: str, lab, runtime, tmp_path: Path
+) -> None:
+    from mirrord.lab.kube import workloads
+    from mirrord.lab.kube.runtime import Claim
+    from mirrord.lab.kube.staging import LABELS, NODE
+
+    # a pod whose container has no process on the node: the agent cannot find it
+    runtime.claim(Claim(kube_ns, LABELS, lab.staging_ns, {}))
+    api = kube_cluster.api_client()
+    workloads.apply(api, kube_ns, workloads.deployment("ghost", NODE, LABELS))
+    wait_until(
+        lambda: any(
+            p.status.phase == "Running"
+            for p in client.CoreV1Api(api).list_namespaced_pod(kube_ns).items
+        ),
+        what="the ghost pod running",
+    )
+    staging = Staging(kube_cluster, lab, runtime, kube_ns, "")
+    proc = staging.mirrord("-t", "deployment/ghost", "-n", kube_ns, script(tmp_path, APP))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the agent exited with status 1" in proc.stderr
+    assert "last lines of the agent's log" in proc.stderr
+    assert "no process of container" in proc.stderr  # the agent's own words
+    wait_until(lambda: staging.agent_jobs() == [], what="the failed agent's Job removed")

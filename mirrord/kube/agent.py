@@ -304,7 +304,9 @@ def _why_not(pod: dict[str, Any], container: str) -> str | None:
 def _wait_ready(
     rest: Rest, ns: str, pod: str, container: str, deadline: float, timeout: float
 ) -> None:
-    """Until the agent container runs and its log says it is ready."""
+    """Until the agent container runs and its log has its ready line. The log is polled
+    with the pod's status rather than followed: a follow stream need not end when the
+    container does (kwok's does not), and the status tells that it did."""
     delay = 0.02
     while True:
         try:
@@ -316,48 +318,38 @@ def _wait_ready(
         why = _why_not(obj, container)
         if why is not None:
             raise KubeError(f"{why}{_failure_details(rest, ns, pod, container)}")
-        if _agent_running(obj, container):
-            break
+        if _agent_running(obj, container) and any(
+            _is_ready_line(line) for line in _log(rest, ns, pod, container).splitlines()
+        ):
+            return
         if time.monotonic() > deadline:
             raise KubeError(
-                f"the agent did not start within {timeout:.0f}s (agent.startup_timeout)"
+                f"the agent was not ready within {timeout:.0f}s (agent.startup_timeout)"
                 + _failure_details(rest, ns, pod, container)
             )
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
-    _wait_ready_line(rest, ns, pod, container, deadline, timeout)
+        delay = min(delay * 1.5, 0.2)
 
 
-def _wait_ready_line(
-    rest: Rest, ns: str, pod: str, container: str, deadline: float, timeout: float
-) -> None:
-    """The agent prints one JSON ``{"ready": true, ...}`` line once it listens."""
-    log = path("v1", ns, "pods", pod) + "/log"
-    try:
-        lines = call(
-            f"get pods/log in namespace {ns}",
-            rest.lines,
-            log,
-            deadline - time.monotonic(),
-            container=container,
-            follow="true",
-        )
-        for line in lines:
-            if _is_ready_line(line):
-                return
-            if time.monotonic() > deadline:
-                break
-    except KubeError:
-        raise
-    except Exception:  # a read timeout, a dropped stream: the message below says it
-        pass
-    raise KubeError(
-        f"the agent did not say it is ready within {timeout:.0f}s (agent.startup_timeout)"
-        + _failure_details(rest, ns, pod, container)
+def _log(rest: Rest, ns: str, pod: str, container: str, tail: int | None = None) -> str:
+    query: dict[str, Any] = {"container": container}
+    if tail is not None:
+        query["tailLines"] = tail
+    resp = call(
+        f"get pods/log in namespace {ns}",
+        rest.request,
+        "GET",
+        path("v1", ns, "pods", pod) + "/log",
+        query=query,
+        stream=True,
     )
+    try:
+        return str(resp.read().decode(errors="replace"))
+    finally:
+        resp.release_conn()
 
 
-def _is_ready_line(line: bytes) -> bool:
+def _is_ready_line(line: str | bytes) -> bool:
     try:
         doc = json.loads(line)
     except ValueError:
@@ -389,14 +381,8 @@ def _failure_details(rest: Rest, ns: str, pod: str, container: str) -> str:
     """The pod's events and the agent's last log lines, for an error message."""
     text = _events(rest, ns, pod)
     try:
-        resp = rest.request(
-            "GET",
-            path("v1", ns, "pods", pod) + "/log",
-            query={"container": container, "tailLines": LOG_TAIL},
-            stream=True,
-        )
-        log = resp.read().decode(errors="replace")
-    except Exception:
+        log = _log(rest, ns, pod, container, tail=LOG_TAIL)
+    except KubeError:
         log = ""
     lines = [f"  | {line}" for line in log.splitlines() if line.strip()]
     if lines:

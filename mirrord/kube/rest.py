@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -122,29 +122,6 @@ class Rest:
 
     def delete(self, path: str, **query: Any) -> Any:
         return self.request("DELETE", path, query=query)
-
-    def lines(self, path: str, timeout: float, **query: Any) -> Iterator[bytes]:
-        """A streamed answer (``follow=true`` logs) line by line, until ``timeout``; the
-        request is made at once, so a refusal raises here."""
-        resp = self.request(
-            "GET",
-            path,
-            query=query,
-            stream=True,
-            timeout=urllib3.Timeout(connect=10, read=max(timeout, 0.5)),
-        )
-        return _lines_of(resp)
-
-
-def _lines_of(resp: Any) -> Iterator[bytes]:
-    try:
-        buf = b""
-        for chunk in resp.stream(4096):
-            buf += chunk
-            *whole, buf = buf.split(b"\n")
-            yield from whole
-    finally:
-        resp.release_conn()
 
 
 def path(group: str, namespace: str | None, resource: str, name: str | None = None) -> str:
