@@ -8,6 +8,7 @@ import fcntl
 import importlib
 import logging
 import os
+import pkgutil
 import socket
 import sys
 from pathlib import Path
@@ -48,27 +49,33 @@ def parse_listen(text: str) -> socket.socket:
     return sock
 
 
-#: Imported on demand by the features; a container's mount namespace does not have them.
-LAZY_MODULES = (
-    "anyio._backends._asyncio",
-    "uvloop",
-    "encodings.idna",
-    "h11._util",
-    "mirrord.agent.http_steal",
-    "mirrord.agent.reassembly",
-    "mirrord.agent.sniffer",
-    "mirrord.http.filter",
-    "scapy.arch.common",
-    "scapy.data",
+#: Imported on demand (by the features, by anyio itself): a container's mount namespace
+#: does not have our files, so a container target loads all of it before entering.
+LAZY_PACKAGES = (
+    "anyio",
+    "h11",
+    "mirrord.agent",
+    "mirrord.http",
+    "mirrord.process",
+    "mirrord.protocol",
+    "mirrord.system",
+    "mirrord.targets",
+    "mirrord.wire",
 )
+LAZY_MODULES = ("encodings.idna", "uvloop", "scapy.arch.common", "scapy.data")
 
 
 def preload_modules() -> None:
-    for name in LAZY_MODULES:
+    names = list(LAZY_MODULES)
+    for package in LAZY_PACKAGES:
+        module = importlib.import_module(package)
+        found = pkgutil.walk_packages(module.__path__, f"{package}.")
+        names += [i.name for i in found if not i.name.endswith("__main__")]  # those run
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
-            pass  # optional here (uvloop, scapy): the agent does without
+            pass  # optional here (uvloop, scapy, anyio's trio backend): done without
 
 
 def describe(sock: socket.socket) -> str:

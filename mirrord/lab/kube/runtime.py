@@ -115,6 +115,7 @@ class _Container:
     state: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
     image: str = resources.DEFAULT_IMAGE
+    podman: str | None = None  # the podman container that runs it
 
 
 @dataclass(eq=False)
@@ -124,6 +125,7 @@ class _Pod:
     namespace: str
     netns: str
     own_netns: bool
+    host_pid: bool = False
     claim: Claim | None = None
     containers: dict[str, _Container] = field(default_factory=dict)
     forwards: dict[int, resources.ForwardTarget] = field(default_factory=dict)
@@ -136,7 +138,13 @@ class _Pod:
 class Runtime:
     """Plays the played nodes' runtime while it runs (see the module's docstring)."""
 
-    def __init__(self, kube: Any, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kube: Any,
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        images: Mapping[str, str] | None = None,
+    ) -> None:
         self.kube = kube
         self.api: client.ApiClient = kube.api_client()
         self.core = client.CoreV1Api(self.api)
@@ -145,6 +153,9 @@ class Runtime:
         self.claims: list[Claim] = []
         self.pods: dict[str, _Pod] = {}
         self.errors: list[str] = []
+        #: images run from a real image with podman (spec image -> local podman image);
+        #: other containers' commands run as processes of this host
+        self.images = dict(images or {})
         #: where a pod that is not claimed runs: a network namespace name, or None for
         #: one of its own (tests may put agents of targetless sessions into the lab)
         self.network_for: Callable[[Any], str | None] = lambda pod: None
@@ -301,8 +312,9 @@ class Runtime:
             chosen = self.network_for(pod)
             netns, own = (chosen, False) if chosen else (self._make_netns(), True)
         played = _Pod(
-            pod.metadata.uid, pod.metadata.name, pod.metadata.namespace, netns, own, claim
+            pod.metadata.uid, pod.metadata.name, pod.metadata.namespace, netns, own, claim=claim
         )
+        played.host_pid = bool(pod.spec.host_pid)
         self.pods[played.uid] = played
         return played
 
@@ -354,16 +366,24 @@ class Runtime:
         with played.lock:
             played.logs[spec.name] = str(log_path)
             resources.set_logs(self.api, played.name, played.namespace, played.logs)
-        ip = shutil.which("ip") or "ip"
-        c.proc = subprocess.Popen(
+        image = self.images.get(spec.image or "")
+        if image is not None:
+            argv, env = self._podman_run(played, c, spec, image, env)
+        else:
             # `ip netns exec` execs the command: the pid is the command's own
-            [ip, "netns", "exec", played.netns, *(spec.command or []), *(spec.args or [])],
+            ip = shutil.which("ip") or "ip"
+            argv = [ip, "netns", "exec", played.netns, *(spec.command or []), *(spec.args or [])]
+        log.info("%s/%s: running %s", played.namespace, played.name, " ".join(argv))
+        c.proc = subprocess.Popen(
+            argv,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if image is not None:
+            c.podman = _podman_name(played, c)
         c.cgroup = self._cgroup(played, c)
         with contextlib.suppress(OSError):  # it may be gone already
             (c.cgroup / "cgroup.procs").write_text(str(c.proc.pid))
@@ -374,6 +394,37 @@ class Runtime:
             target=self._pump, args=(played, c, log_path), name=f"log-{spec.name}", daemon=True
         ).start()
         return True
+
+    def _podman_run(
+        self, played: _Pod, c: _Container, spec: Any, image: str, env: dict[str, str]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The container from its image, as containerd would run the pod spec: its network
+        namespace, the host's PID namespace only with hostPID, containerd's default
+        capabilities (podman's lack NET_RAW, MKNOD, AUDIT_WRITE) plus the spec's add/drop,
+        privileged only if asked, no seccomp filter (the kubelet's default: Unconfined)."""
+        from mirrord.lab.kube.agent_image import podman, ulimit_args
+
+        security = spec.security_context
+        caps = security.capabilities if security is not None else None
+        argv = [*podman(), "run", "--rm", "--name", _podman_name(played, c)]
+        argv += [f"--network=ns:/run/netns/{played.netns}", *ulimit_args()]
+        argv += ["--security-opt", "seccomp=unconfined", "--cgroupns=host"]
+        if played.host_pid:
+            argv.append("--pid=host")
+        if security is not None and security.privileged:
+            argv.append("--privileged")
+        for cap in ("NET_RAW", "MKNOD", "AUDIT_WRITE", *((caps and caps.add) or [])):
+            argv += ["--cap-add", cap]
+        for cap in (caps and caps.drop) or []:
+            argv += ["--cap-drop", cap]
+        if security is not None and security.run_as_user is not None:
+            argv += ["--user", str(security.run_as_user)]
+        # values come from podman's environment: no token on a command line
+        for name in env.keys() - self.image_env.keys():
+            argv += ["--env", name]
+        if spec.command:
+            argv += ["--entrypoint", json.dumps(list(spec.command))]
+        return [*argv, image, *(spec.args or [])], {**os.environ, **env}
 
     def _container_env(self, namespace: str, spec: Any) -> dict[str, str] | None:
         env = dict(self.image_env)
@@ -490,6 +541,11 @@ class Runtime:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for c in played.containers.values():
+            if c.podman is not None:  # what --rm did not get to (a killed podman)
+                from mirrord.lab.kube.agent_image import podman
+
+                subprocess.run([*podman(), "rm", "-f", c.podman], capture_output=True)
         for pid, old in played.moved.items():
             with contextlib.suppress(OSError):  # gone already: nothing to move back
                 (cgroup_root() / old.lstrip("/") / "cgroup.procs").write_text(str(pid))
@@ -501,6 +557,10 @@ class Runtime:
             subprocess.run(["ip", "netns", "delete", played.netns], check=False)
         with self._lock:
             self.pods.pop(played.uid, None)
+
+
+def _podman_name(played: _Pod, c: _Container) -> str:
+    return f"{played.name}-{c.name}-{c.id[:8]}"
 
 
 def _status(c: _Container) -> dict[str, Any]:
