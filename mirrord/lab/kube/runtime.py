@@ -62,7 +62,7 @@ def now_nano() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def forward_command(netns: str, port: int) -> list[str]:
+def forward_command(netns: str, port: int, host: str = "127.0.0.1") -> list[str]:
     """What a kubelet does for a port-forward: connect to the port inside the pod."""
     socat = shutil.which("socat") or "socat"
     return [
@@ -71,7 +71,7 @@ def forward_command(netns: str, port: int) -> list[str]:
         socat,
         f"-b{SOCAT_BUFFER}",
         "STDIO",
-        f"TCP:127.0.0.1:{port}",
+        f"TCP:{host}:{port}",
     ]
 
 
