@@ -18,6 +18,8 @@ pytest_plugins = ["kube_sessions"]
 def lab() -> Iterator[Lab]:
     """A fresh fake staging cluster (network namespaces); needs root."""
     if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs the lab tests as root: not root")
         pytest.skip("needs root (not root)")
     # lab tests bind well-known ports on this host (the apps under test): one at a time per
     # network namespace, so that two test runs in one do not take each other's ports (runs

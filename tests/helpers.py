@@ -76,3 +76,11 @@ def agent_pids(target: str) -> list[int]:
         for pid in processes_mentioning(f"--target {target} ")
         if b"mirrord.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
+
+
+def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
+    """Which of `names` a fresh interpreter has in sys.modules after running `statement`
+    (what an import drags into the user's app)."""
+    code = f"import sys, json; {statement}; print(json.dumps([m for m in {names!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(done.stdout))

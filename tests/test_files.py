@@ -21,11 +21,10 @@ import pytest
 from helpers import REPO, last_json, mirrord, run_app
 
 from mirrord.agent.files import check_path
+from mirrord.client.proxy import ProxyClient
 from mirrord.config import load_config
 from mirrord.lab import Lab
 from mirrord.lab import remote_files as rf
-from mirrord.layer.client import ProxyClient
-from mirrord.layer.context import LayerSettings
 from mirrord.protocol import (
     FileClose,
     FileData,
@@ -38,6 +37,7 @@ from mirrord.protocol import (
     RequestFailed,
 )
 from mirrord.protocol.files import MAX_FILE_CHUNK
+from mirrord.settings.contract import LayerSettings
 
 
 def target(lab: Lab) -> str:
@@ -219,7 +219,7 @@ def test_big_file_streams_and_hashes(lab: Lab, tmp_path: Path) -> None:
     """
     seen = last_json(run_app(target(lab), code, tmp_path=tmp_path))
     expected = rf.big_file_sha256()
-    assert seen["type"] == "_RemoteReader"  # streamed, not loaded before the first read
+    assert seen["type"] == "RemoteReader"  # streamed, not loaded before the first read
     assert seen["chunked"] == seen["whole"] == seen["mmap"] == seen["os_open"] == expected
     assert seen["tell"] == 1_000_008 and seen["fstat"] == rf.BIG_SIZE
     assert seen["after_fileno"] and seen["mmap_mid"] and seen["mmap_tail"]
@@ -577,7 +577,7 @@ def test_fs_settings_reach_the_layer() -> None:
     assert fs["mode"] == "write" and fs["local"] == [r"\.ini$"]
     assert fs["readonly_file_buffer"] == 4096
     assert cfg.unimplemented_keys == []
-    settings = LayerSettings.from_dict(json.loads(json.dumps(cfg.layer_settings())))
-    assert settings.fs == fs
+    settings = LayerSettings.from_json(json.dumps(cfg.layer_settings()))
+    assert settings.fs == cfg.fs and settings.fs.to_dict() == fs
     assert load_config(None, env={}, overrides={"feature.fs": False}).fs.mode == "local"
     assert load_config(None, env={}).fs.mode == "read"

@@ -205,7 +205,7 @@ def test_config_errors(cfg, fragment):
 
 def test_model_dump_shape_is_accepted():
     """What MirrordConfig hands over: model_dump(exclude_none=True) of HttpFilterConfig."""
-    from mirrord.config.model import HttpFilterConfig
+    from mirrord.config.schema import HttpFilterConfig
 
     dumped = HttpFilterConfig.model_validate(
         {"any_of": [{"header": "^x-user: me$"}, {"method": "delete"}], "ports": 8080}

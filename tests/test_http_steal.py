@@ -11,12 +11,13 @@ import contextlib
 import gc
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +29,8 @@ import anyio.from_thread
 import pytest
 import requests
 
-from mirrord.agent.http_steal import serve_stolen_http
+from mirrord.agent.http_steal import SocketDestination, serve_stolen_http
+from mirrord.agent.outgoing import connect_socket
 from mirrord.http.filter import HttpFilter
 from mirrord.http.head import RequestHead
 
@@ -273,35 +275,52 @@ class Stealer:
         self._future, self.port = portal.start_task(self._serve)
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[int]) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        with anyio.CancelScope() as self._scope:
-            task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
-            async with listener:
-                await listener.serve(self._handle)
+        # raw accept(), as the agent's stealing listener does: the engine takes the socket
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        try:
+            with anyio.CancelScope() as self._scope:
+                task_status.started(listener.getsockname()[1])
+                async with anyio.create_task_group() as tg:
+                    while True:
+                        await anyio.wait_readable(listener)
+                        try:
+                            conn, _ = listener.accept()
+                        except BlockingIOError:
+                            continue
+                        tg.start_soon(self._handle, conn)
+        finally:
+            listener.close()
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+    async def _handle(self, client: socket.socket) -> None:
         self.accepted += 1
         self.active += 1
         try:
             await serve_stolen_http(
                 client,
                 self._choose,
-                self._open_original,
+                self._original,
                 first_bytes_timeout=self.first_bytes_timeout,
             )
         except Exception as exc:  # a test failure, not a server crash
             self.errors.append(exc)
         finally:
+            client.close()
             self.active -= 1
 
-    async def _choose(self, head: RequestHead) -> anyio.abc.ByteStream | None:
+    def _choose(self, head: RequestHead) -> SocketDestination | None:
         self.heads.append(head)
         if self.filter.matches(head.method, head.path, head.headers):
-            return await anyio.connect_tcp("127.0.0.1", self.local_port)
+            return SocketDestination("local", "local app", self._connect(self.local_port))
         return None
 
-    async def _open_original(self) -> anyio.abc.ByteStream:
-        return await anyio.connect_tcp("127.0.0.1", self.original_port)
+    @property
+    def _original(self) -> SocketDestination:
+        return SocketDestination(None, "original service", self._connect(self.original_port))
+
+    @staticmethod
+    def _connect(port: int) -> Callable[[], Awaitable[socket.socket]]:
+        return lambda: connect_socket("tcp", "127.0.0.1", port)
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -312,9 +331,14 @@ class Stealer:
         self._future.result(timeout=5)
 
 
-@pytest.fixture
-def portal() -> Iterator[anyio.from_thread.BlockingPortal]:
-    with anyio.from_thread.start_blocking_portal() as portal:
+# The agent runs on uvloop where it is installed: then the engine is tested on both loops.
+LOOPS = ["asyncio"] + (["uvloop"] if importlib.util.find_spec("uvloop") else [])
+
+
+@pytest.fixture(params=LOOPS)
+def portal(request: pytest.FixtureRequest) -> Iterator[anyio.from_thread.BlockingPortal]:
+    options = {"use_uvloop": request.param == "uvloop"}
+    with anyio.from_thread.start_blocking_portal(backend_options=options) as portal:
         yield portal
 
 
@@ -371,7 +395,7 @@ def test_requests_session_alternates_on_one_kept_alive_connection(stealer, serve
             assert r.json()["path"] == f"/item/{i}?q={i}"
     assert stealer.accepted == 1  # the client kept its one connection
     assert original.accepted == 1  # the original's connection was reused across requests
-    assert local.accepted == 10  # one fresh connection per stolen request
+    assert local.accepted == 1  # and so was the local app's
     wait_for(lambda: original.open == 0 and local.open == 0, "upstream connections left open")
 
 

@@ -64,6 +64,7 @@ def _pip_offline(python: Path, *args: str) -> None:
         + list(args),
         capture_output=True,
         text=True,
+        env=_clean_env(),  # a PYTHONPATH would show pip this checkout as installed already
     )
     assert proc.returncode == 0, f"offline install failed (run scripts/setup?):\n{proc.stderr}"
 
@@ -161,7 +162,10 @@ def test_an_app_of_another_virtualenv_without_mirrord(
 ) -> None:
     app_bin = _venv(tmp_path / "app-venv")  # the app's own environment: no mirrord in it
     probe = subprocess.run(
-        [str(app_bin / "python"), "-c", "import mirrord"], capture_output=True, cwd=user_folder
+        [str(app_bin / "python"), "-c", "import mirrord"],
+        capture_output=True,
+        cwd=user_folder,
+        env=_clean_env(),
     )
     assert probe.returncode != 0
     seen = _run(

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from mirrord.lab import Lab, LabError, create_lab, netns_pids
+from mirrord.lab import services as lab_services
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (not root)")
 
@@ -226,16 +227,16 @@ def test_context_manager_and_two_labs_at_once() -> None:
 
 @needs_root
 def test_failed_creation_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_services = Lab._services
+    real_services = lab_services.lab_services
     seen: list[Lab] = []
 
-    def broken_services(self: Lab, *args: Path) -> list[Any]:
-        seen.append(self)
-        services = real_services(self, *args)
+    def broken_services(lab: Lab, *args: Path) -> list[Any]:
+        seen.append(lab)
+        services = real_services(lab, *args)
         services[2].argv = [sys.executable, "-c", "raise SystemExit('boom: port taken')"]
         return services
 
-    monkeypatch.setattr(Lab, "_services", broken_services)
+    monkeypatch.setattr(lab_services, "lab_services", broken_services)
     with pytest.raises(LabError) as info:
         create_lab()
     assert "backend-udp" in str(info.value) and "boom: port taken" in str(info.value)

@@ -172,7 +172,7 @@ def test_a_request_out_of_place_gets_an_error_and_the_session_goes_on(
 ) -> None:
     code = """
         import json, os, socket
-        from mirrord.layer.client import ProxyClient
+        from mirrord.client.proxy import ProxyClient
         from mirrord.protocol import Connected, RequestFailed, Resolve, Resolved
         client = ProxyClient(os.environ["MIRRORD_INTPROXY_SOCKET"], os.environ["MIRRORD_PROXY_TOKEN"])
         # a reply sent as if it were a request: not the intproxy's to take

@@ -13,13 +13,10 @@ import socket
 import sys
 from pathlib import Path
 
-import anyio
-import anyio.abc
-
 from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
-from mirrord.process.lifecycle import announce_ready, run_loop
+from mirrord.process.lifecycle import announce_ready, begin, run_loop, take_secrets
 from mirrord.targets.container import ContainerTarget
 from mirrord.targets.local import LocalTarget, TargetError, read_environ
 
@@ -94,17 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="how long to wait for the first client (default: the idle timeout)",
     )
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s agent %(levelname)s %(message)s",
-    )
-    token = os.environ.pop(TOKEN_ENV, "")
-    if not token:
-        print(f"mirrord agent: {TOKEN_ENV} is not set", file=sys.stderr)
-        return 2
+    args = begin("agent", parser, argv)
+    (token,) = take_secrets("agent", TOKEN_ENV)
     try:
         target: LocalTarget | ContainerTarget
         if args.target.startswith("container/"):
@@ -169,5 +157,4 @@ def _remove_stale_rules() -> None:
 
 
 async def _run(listen_sock: socket.socket, state: AgentState) -> None:
-    # works for TCP and unix sockets alike
-    await serve(await anyio.abc.SocketListener.from_socket(listen_sock), state)
+    await serve(listen_sock, state)

@@ -12,7 +12,7 @@ from mirrord.agent.session import Feature
 from mirrord.protocol import Connect, Connected, ConnectedFd, Env, GetEnv, Resolve, Resolved
 from mirrord.protocol.messages import AddrInfo
 from mirrord.wire.connect import connect
-from mirrord.wire.mux import ConnectedUdpPipe, Pipe, TcpPipe
+from mirrord.wire.mux import ConnectedUdpPipe, Pipe
 
 CONNECT_TIMEOUT = 30.0
 
@@ -38,13 +38,14 @@ async def connect_socket(
     return sock
 
 
-async def open_pipe(proto: str, host: str, port: int) -> tuple[Pipe, tuple[str, int]]:
-    """Connect from here and wrap the socket for relaying; returns its local address too."""
+async def open_end(proto: str, host: str, port: int) -> tuple[Pipe | socket.socket, tuple]:
+    """Connect from here: the local end to relay (a TCP socket as it is, UDP as a pipe)
+    and its local address."""
     sock = await connect_socket(proto, host, port)
     local = sock.getsockname()
     if proto == "udp":
         return ConnectedUdpPipe(await anyio.abc.ConnectedUDPSocket.from_socket(sock)), local[:2]
-    return TcpPipe(await anyio.abc.SocketStream.from_socket(sock)), local[:2]
+    return sock, local[:2]
 
 
 async def resolve(
@@ -80,7 +81,7 @@ class OutgoingFeature(Feature):
             if msg.want_fd and link.can_pass_fds:
                 await self._connect_fd(msg)
                 return
-            pipe, local = await open_pipe(msg.proto, msg.host, msg.port)
+            end, local = await open_end(msg.proto, msg.host, msg.port)
         except OSError as exc:
             await self.session.reply_failure(msg, exc.errno or 0, str(exc))
             return
@@ -96,7 +97,10 @@ class OutgoingFeature(Feature):
                 remote_port=msg.port,
             )
         )
-        self.session.mux.attach(conn, pipe)
+        if isinstance(end, socket.socket):
+            await self.session.mux.attach_socket(conn, end)
+        else:
+            self.session.mux.attach(conn, end)
 
     async def _connect_fd(self, msg: Connect) -> None:
         """Same host: hand over the connected socket itself, so no byte needs relaying."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 import anyio
@@ -13,52 +14,34 @@ from mirrord.agent.incoming import IncomingFeature
 from mirrord.agent.outgoing import OutgoingFeature
 from mirrord.agent.session import AgentState, ClientSession, Feature
 from mirrord.process.lifecycle import stop_on_signal
-from mirrord.protocol import ProtocolError
 from mirrord.wire.link import Link
+from mirrord.wire.serve import accept_forever, serve_link
 
 log = logging.getLogger("mirrord.agent")
-HANDSHAKE_TIMEOUT = 10.0
 #: Everything the agent can do for a client, one feature per concern.
 FEATURES: list[type[Feature]] = [OutgoingFeature, IncomingFeature, FilesFeature]
 
 
-async def handle_client(state: AgentState, stream: anyio.abc.ByteStream) -> None:
-    link = Link(stream)
+async def handle_client(state: AgentState, sock: socket.socket) -> None:
     state.clients += 1
     state.ever_connected = True
     state.last_change = time.monotonic()
+
+    def open_session(link: Link, tg: anyio.abc.TaskGroup, peer: str) -> ClientSession:
+        return ClientSession(state, link, tg, FEATURES)
+
     try:
-        with anyio.fail_after(HANDSHAKE_TIMEOUT):
-            client = await link.accept_handshake(state.token)
-        log.info("client %r connected", client)
-        async with anyio.create_task_group() as tg:
-            session = ClientSession(state, link, tg, FEATURES)
-            try:
-                await session.serve()
-            except ProtocolError as exc:
-                log.warning("client %r broke the protocol: %s", client, exc)
-                await link.fail(exc)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                log.info("client %r disconnected", client)
-            finally:
-                await session.aclose()
-                tg.cancel_scope.cancel()
-    except ProtocolError as exc:
-        log.warning("rejected a client: %s", exc)
-    except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
-        log.warning("client dropped during handshake: %r", exc)
+        await serve_link(sock, state.token, open_session, "agent")
     finally:
         state.clients -= 1
         state.last_change = time.monotonic()
-        with anyio.CancelScope(shield=True):
-            await link.aclose()
 
 
-async def serve(listener: anyio.abc.Listener[anyio.abc.ByteStream], state: AgentState) -> None:
+async def serve(listener: socket.socket, state: AgentState) -> None:
     """Serve until no client has been connected for the idle timeout."""
     async with anyio.create_task_group() as tg:
         state.tg = tg
-        tg.start_soon(listener.serve, lambda s: handle_client(state, s))
+        tg.start_soon(accept_forever, listener, lambda s: handle_client(state, s))
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
         while True:
             await anyio.sleep(0.1)

@@ -93,9 +93,7 @@ class ClientSession:
 
     async def serve(self) -> None:
         while True:
-            msg = await self.link.receive()
-            if await self.mux.handle(msg):
-                continue
+            msg = await self.link.receive()  # connection frames went to the Mux already
             feature = self._routes.get(type(msg))
             if feature is not None:
                 self.tg.start_soon(self.link.guarded, feature.handle, msg, "agent")

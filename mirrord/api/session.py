@@ -88,9 +88,9 @@ class Session:
 
     def activate(self) -> None:
         """Route this process's DNS, connections and listeners through the target."""
-        from mirrord.layer.client import ProxyClient
-        from mirrord.layer.context import LayerSettings
+        from mirrord.client.proxy import ProxyClient
         from mirrord.layer.layer import Layer
+        from mirrord.settings.contract import LayerSettings
 
         self.start()
         assert self._running is not None
@@ -175,7 +175,7 @@ class Mirror:
         http_filter: Mapping[str, Any] | None,
         timeout: float | None,
     ) -> None:
-        from mirrord.layer.client import ProxyClient
+        from mirrord.client.proxy import ProxyClient
         from mirrord.protocol import RequestFailed, Subscribe
 
         self.port = port

@@ -75,7 +75,7 @@ def _verified_target(path: str | None) -> Any:
 
 def _compatible_target_types(cfg: MirrordConfig) -> list[str]:
     # mirrord's TargetType::compatible_with: copy_target rules out some kinds.
-    from mirrord.config.model import CopyTargetConfig
+    from mirrord.config.schema import CopyTargetConfig
 
     copy = cfg.feature.copy_target
     if isinstance(copy, CopyTargetConfig):

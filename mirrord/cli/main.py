@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -72,18 +73,20 @@ def exec_command(command: tuple[str, ...], **options: Any) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def agent_command(args: tuple[str, ...]) -> None:
     """Run the agent (normally started by mirrord itself)."""
-    from mirrord.agent.main import main as agent_main
-
-    sys.exit(agent_main(list(args)))
+    _become("mirrord.agent", args)
 
 
 @cli.command("intproxy", context_settings={"ignore_unknown_options": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def intproxy_command(args: tuple[str, ...]) -> None:
     """Run the intproxy (normally started by mirrord itself)."""
-    from mirrord.proxy.main import main as proxy_main
+    _become("mirrord.proxy", args)
 
-    sys.exit(proxy_main(list(args)))
+
+def _become(module: str, args: tuple[str, ...]) -> NoReturn:
+    """Be that helper process (the CLI does not import the processes it starts)."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", module, *args])
 
 
 @cli.command("demo")

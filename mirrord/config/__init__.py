@@ -6,20 +6,22 @@ Typical use::
 
     cfg = load_config(None, overrides={"target": "pod/api"})
     cfg.outgoing, cfg.dns, cfg.env          # resolved settings
-    cfg.layer_settings()                    # what the in-app layer gets
+    cfg.layer_contract()                    # what the in-app layer gets
+    cfg.layer_settings()                    # ... as the JSON object it reads
     cfg.unimplemented_keys                  # mirrord keys set but not acted on yet
 """
 
 from mirrord.config.env_select import DEFAULT_EXCLUDES, select_env
 from mirrord.config.errors import ConfigError
 from mirrord.config.loader import DEFAULT_CONFIG_PATH, ENV_VARS, load_config
-from mirrord.config.model import (
+from mirrord.config.resolved import EnvSettings, FilterSpec
+from mirrord.config.schema import MirrordConfig, TargetConfig
+from mirrord.settings.contract import (
     DnsSettings,
-    EnvSettings,
-    FilterSpec,
-    MirrordConfig,
+    FsSettings,
+    IncomingSettings,
+    LayerSettings,
     OutgoingSettings,
-    TargetConfig,
 )
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "DnsSettings",
     "EnvSettings",
     "FilterSpec",
+    "FsSettings",
+    "IncomingSettings",
+    "LayerSettings",
     "MirrordConfig",
     "OutgoingSettings",
     "TargetConfig",

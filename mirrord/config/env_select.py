@@ -24,7 +24,8 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
-from mirrord.config.model import EnvConfig, EnvSettings, resolve_env
+from mirrord.config.resolved import EnvSettings, resolve_env
+from mirrord.config.schema import EnvConfig
 from mirrord.settings.rust_regex import compile_rust_regex
 
 __all__ = ["DEFAULT_EXCLUDES", "apply_mapping", "matches_any", "select_env", "without_unset"]

@@ -9,7 +9,7 @@ one section alone live on that section's model.
 from __future__ import annotations
 
 from mirrord.config.errors import ConfigError
-from mirrord.config.model import MirrordConfig
+from mirrord.config.schema import MirrordConfig
 
 __all__ = ["verify_config"]
 

@@ -74,7 +74,7 @@ class AgentSettings:
 
     @classmethod
     def from_config(cls, agent: Any) -> AgentSettings:
-        """From the config's ``agent`` section (``mirrord.config.model.AgentConfig``)."""
+        """From the config's ``agent`` section (``mirrord.config.schema.agent.AgentConfig``)."""
         image = agent.image
         if image is not None and not isinstance(image, str):
             image = f"{image.registry or IMAGE_REPOSITORY}:{image.tag or __version__}"

@@ -5,7 +5,7 @@ intproxy itself with the official client, as an anyio byte stream.
 the API server's websocket and one end of a socket pair; the other end is ours, wrapped
 for the event loop. Nothing else sits in between (no local TCP hop, no extra process).
 
-A forward that breaks ends the stream with a ``BrokenResourceError`` that says which
+A forward that breaks ends the intproxy's link, and ``AgentForward.why_ended`` says which
 forward broke and what the API server or kubelet said, so the app's calls fail with
 that message instead of waiting: when the websocket closes the client closes our end,
 and when its thread dies of an error (it then closes nothing) we shut our end down.
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import anyio
-import anyio.abc
 
 from mirrord.kube.client import Cluster, KubeAccess, connect
 from mirrord.kube.errors import KubeError, describe_api_error
@@ -105,54 +104,30 @@ def open_forward(address: ForwardAddress, access: KubeAccess) -> tuple[socket.so
     return pf.socket(address.port)._socket, pf
 
 
-class ForwardStream(anyio.abc.ByteStream):
-    """A byte stream over a port-forward; its end says why the forward ended."""
+@dataclass
+class AgentForward:
+    """Our end of the forward (a connected stream socket, for the intproxy's Link) and
+    what the forward can tell when it ends."""
 
-    def __init__(self, stream: anyio.abc.SocketStream, pf: Any, address: ForwardAddress) -> None:
-        self._stream = stream
-        self._pf = pf
-        self._address = address
-        self._closed = False
+    sock: socket.socket
+    pf: Any  # the client's PortForward: its thread and its error channel
+    address: ForwardAddress
 
-    def _broken(self) -> anyio.BrokenResourceError:
-        said = self._pf.error(self._address.port)
+    def why_ended(self) -> str:
+        said = self.pf.error(self.address.port)
         detail = f": {' '.join(said.split())}" if said else ""
-        return anyio.BrokenResourceError(f"the port-forward to {self._address} ended{detail}")
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        try:
-            return await self._stream.receive(max_bytes)
-        except (anyio.EndOfStream, OSError):
-            if self._closed:
-                raise
-            raise self._broken() from None
-
-    async def send(self, item: bytes) -> None:
-        try:
-            await self._stream.send(item)
-        except OSError:
-            raise self._broken() from None
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await self._stream.aclose()
-        self._pf.close()
+        return f"the port-forward to {self.address} ended{detail}"
 
 
-async def connect_forward(text: str, access: KubeAccess) -> ForwardStream:
-    """A stream to the agent at ``kube:NAMESPACE/POD:PORT`` (see the module's docstring)."""
+async def connect_forward(text: str, access: KubeAccess) -> AgentForward:
+    """A socket to the agent at ``kube:NAMESPACE/POD:PORT`` (see the module's docstring)."""
     address = ForwardAddress.parse(text)
     before = set(threading.enumerate())
     sock, pf = await anyio.to_thread.run_sync(open_forward, address, access)
     started = [t for t in set(threading.enumerate()) - before if "port forward" in t.name]
     for thread in started:
         threading.Thread(target=_end_with, args=(thread, sock), daemon=True).start()
-    sock.setblocking(False)
-    stream = await anyio.abc.SocketStream.from_socket(sock)
-    return ForwardStream(stream, pf, address)
+    return AgentForward(sock, pf, address)
 
 
 def _end_with(thread: threading.Thread, sock: socket.socket) -> None:

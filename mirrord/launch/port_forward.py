@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from mirrord.client.proxy import ProxyClient, ProxyUnavailable
 from mirrord.errors import MirrordError
-from mirrord.layer.client import ProxyClient, ProxyUnavailable
 from mirrord.protocol import Connect, Connected, RequestFailed, Resolve, Resolved, Subscribe
 
 BUFFER = 256 * 1024

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mirrord.client.proxy import ProxyClient, ProxyUnavailable
 from mirrord.config import MirrordConfig
 from mirrord.errors import MirrordError
 from mirrord.kube.client import PENDING_AGENT
@@ -21,9 +22,8 @@ from mirrord.launch.kube_agent import KubeAgentHandle, access_of, kube_agent_for
 from mirrord.launch.local_agent import agent_for
 from mirrord.launch.processes import spawn, wait_ready
 from mirrord.launch.progress import NoProgress, Progress
-from mirrord.layer.client import ProxyClient, ProxyUnavailable
-from mirrord.layer.layer import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.protocol import Env, GetEnv, RequestFailed
+from mirrord.settings.contract import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV
 from mirrord.targets.local import LocalTarget, TargetError
 from mirrord.targets.path import LOCAL_KINDS, parse_kube_target, target_kind
 

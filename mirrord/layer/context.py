@@ -13,11 +13,12 @@ import sys
 import sysconfig
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from mirrord.layer.client import ProxyClient
+from mirrord.client.proxy import ProxyClient
 from mirrord.protocol import ListenerClosed
+from mirrord.settings.contract import FsSettings, IncomingSettings, LayerSettings
 from mirrord.settings.debugger import DebuggerPorts
 from mirrord.settings.outgoing_filter import OutgoingFilter
 
@@ -25,61 +26,58 @@ from mirrord.settings.outgoing_filter import OutgoingFilter
 NAME_MEMORY = 4096
 
 
-@dataclass(frozen=True)
-class LayerSettings:
-    tcp: bool = True
-    udp: bool = True
-    ignore_localhost: bool = False
-    outgoing_filter: OutgoingFilter = field(
-        default_factory=lambda: OutgoingFilter.from_settings(None)
+class Rules:
+    """The layer's settings compiled for the calls it intercepts (built once per session).
+
+    The contract stays JSON-shaped; this is what the patch families look up per call.
+    """
+
+    __slots__ = (
+        "contract",
+        "tcp",
+        "udp",
+        "ignore_localhost",
+        "outgoing_filter",
+        "remote_dns",
+        "dns_filter",
+        "incoming",
+        "fs",
     )
-    remote_dns: bool = True
-    dns_filter: OutgoingFilter | None = None
-    incoming: IncomingSettings = field(default_factory=lambda: IncomingSettings.from_dict({}))
-    #: feature.fs as MirrordConfig.layer_settings() gives it (mode, regex lists, mapping...);
-    #: FilePatches reads it. Empty means mirrord's default: mode "read".
-    fs: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerSettings:
-        outgoing = data.get("outgoing") or {}
-        dns = data.get("dns") or {}
-        dns_filter = dns.get("filter")
-        return cls(
-            tcp=bool(outgoing.get("tcp", True)),
-            udp=bool(outgoing.get("udp", True)),
-            ignore_localhost=bool(outgoing.get("ignore_localhost", False)),
-            outgoing_filter=OutgoingFilter.from_settings(outgoing.get("filter")),
-            remote_dns=bool(dns.get("enabled", True)),
-            dns_filter=OutgoingFilter.from_settings(dns_filter) if dns_filter else None,
-            incoming=IncomingSettings.from_dict(data.get("incoming") or {}),
-            fs=dict(data.get("fs") or {}),
-        )
+    def __init__(self, contract: LayerSettings) -> None:
+        outgoing, dns = contract.outgoing, contract.dns
+        self.contract = contract
+        self.tcp = outgoing.tcp
+        self.udp = outgoing.udp
+        self.ignore_localhost = outgoing.ignore_localhost
+        self.outgoing_filter = OutgoingFilter.from_spec(outgoing.filter)
+        self.remote_dns = dns.enabled
+        self.dns_filter = None if dns.filter is None else OutgoingFilter.from_spec(dns.filter)
+        self.incoming = IncomingRules(contract.incoming)
+        self.fs: FsSettings = contract.fs
 
 
-@dataclass(frozen=True)
-class IncomingSettings:
-    mode: str = "mirror"  # "mirror" | "steal" | "off"
-    http_filter: str = ""  # mirrord's http_filter object, as JSON
-    port_mapping: dict[int, int] = field(default_factory=dict)  # local -> remote
-    listen_ports: dict[int, int] = field(default_factory=dict)  # remote -> local to use
-    ignore_ports: frozenset[int] = frozenset()
-    ports: frozenset[int] | None = None
-    ignore_localhost: bool = False
+class IncomingRules:
+    """``incoming`` as lookups: port maps as dicts, the HTTP filter as the JSON the wire carries."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IncomingSettings:
-        ports = data.get("ports")
-        http_filter = data.get("http_filter")
-        return cls(
-            mode=str(data.get("mode") or "mirror"),
-            http_filter=json.dumps(http_filter) if http_filter else "",
-            port_mapping={int(a): int(b) for a, b in data.get("port_mapping") or []},
-            listen_ports={int(a): int(b) for a, b in data.get("listen_ports") or []},
-            ignore_ports=frozenset(int(p) for p in data.get("ignore_ports") or []),
-            ports=None if ports is None else frozenset(int(p) for p in ports),
-            ignore_localhost=bool(data.get("ignore_localhost", False)),
-        )
+    __slots__ = (
+        "mode",
+        "http_filter",
+        "port_mapping",
+        "listen_ports",
+        "ignore_ports",
+        "ports",
+        "ignore_localhost",
+    )
+
+    def __init__(self, incoming: IncomingSettings) -> None:
+        self.mode = incoming.mode
+        self.http_filter = json.dumps(incoming.http_filter) if incoming.http_filter else ""
+        self.port_mapping = {a: b for a, b in incoming.port_mapping}  # local -> target
+        self.listen_ports = {a: b for a, b in incoming.listen_ports}  # target -> local to use
+        self.ignore_ports = frozenset(incoming.ignore_ports)
+        self.ports = None if incoming.ports is None else frozenset(incoming.ports)
+        self.ignore_localhost = incoming.ignore_localhost
 
 
 @dataclass(slots=True)
@@ -117,7 +115,7 @@ class Context:
         client: ProxyClient,
         debugger: DebuggerPorts | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = Rules(settings)
         self.client = client
         self.debugger = debugger or DebuggerPorts()
         # per-socket state keyed by fd: ssl.wrap_socket/detach make new objects for one fd

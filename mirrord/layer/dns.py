@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from mirrord.layer.client import ProxyUnavailable
+from mirrord.client.proxy import ProxyUnavailable
 from mirrord.layer.context import Context, ip_kind
 from mirrord.layer.patching import PatchFamily
 from mirrord.protocol import RequestFailed, Resolve, Resolved

@@ -22,7 +22,7 @@ import os
 import socket
 from typing import Any
 
-from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
+from mirrord.client.proxy import ProxyUnavailable, failure_to_oserror
 from mirrord.layer.context import (
     Context,
     Listening,

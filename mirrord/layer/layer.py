@@ -5,23 +5,21 @@ Runs inside the user's app: standard library, wrapt and msgpack only.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
-from mirrord.layer.client import ProxyClient
-from mirrord.layer.context import Context, LayerSettings
+from mirrord.client.proxy import ProxyClient
+from mirrord.layer.context import Context
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
 from mirrord.settings import debugger
+from mirrord.settings.contract import SETTINGS_ENV, SOCKET_ENV, TOKEN_ENV, LayerSettings
 from mirrord.settings.debugger import DebuggerPorts
 
-SOCKET_ENV = "MIRRORD_INTPROXY_SOCKET"
-TOKEN_ENV = "MIRRORD_PROXY_TOKEN"
-SETTINGS_ENV = "MIRRORD_LAYER_SETTINGS"
+__all__ = ["SETTINGS_ENV", "SOCKET_ENV", "TOKEN_ENV", "Layer"]
 
 
 class Layer:
@@ -47,13 +45,21 @@ class Layer:
         argv = _command_line()
         if debugger.is_debugger_helper(argv):
             return None  # a debugger's own process: the developer's, never the target's
-        settings = LayerSettings.from_dict(json.loads(env.get(SETTINGS_ENV) or "{}"))
+        settings = LayerSettings.from_json(env.get(SETTINGS_ENV, ""))
         ports = debugger.from_process(argv, os.environ)
         return cls(settings, ProxyClient(path, env.get(TOKEN_ENV, "")), ports)
 
     def install(self) -> None:
-        for family in self.families:
-            family.install()
+        """Every family, or none: one that fails to install undoes the ones before it."""
+        done: list[PatchFamily] = []
+        try:
+            for family in self.families:
+                family.install()
+                done.append(family)
+        except BaseException:
+            for family in reversed(done):
+                family.uninstall()
+            raise
         if not self._fork_hook:
             # only once: register_at_fork hooks cannot be removed
             os.register_at_fork(after_in_child=self._after_fork)

@@ -29,19 +29,24 @@ class PatchFamily:
         return bool(self._undo)
 
     def install(self) -> None:
+        """Wrap every attribute of `patches()`, or none: a failure undoes what was done."""
         if self._undo:
             return
-        for module_name, path, wrapper in self.patches():
-            owner: Any = importlib.import_module(module_name)
-            *parents, name = path.split(".")
-            for parent in parents:
-                owner = getattr(owner, parent)
-            # remember whether the attribute was the owner's own or inherited
-            previous = (
-                owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else _MISSING
-            )
-            wrapt.wrap_function_wrapper(owner, name, wrapper)
-            self._undo.append((owner, name, previous))
+        try:
+            for module_name, path, wrapper in self.patches():
+                owner: Any = importlib.import_module(module_name)
+                *parents, name = path.split(".")
+                for parent in parents:
+                    owner = getattr(owner, parent)
+                # remember whether the attribute was the owner's own or inherited
+                previous = (
+                    owner.__dict__.get(name, _MISSING) if hasattr(owner, "__dict__") else _MISSING
+                )
+                wrapt.wrap_function_wrapper(owner, name, wrapper)
+                self._undo.append((owner, name, previous))
+        except BaseException:
+            self.uninstall()
+            raise
 
     def uninstall(self) -> None:
         while self._undo:

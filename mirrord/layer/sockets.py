@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-from mirrord.layer.client import ProxyUnavailable, failure_to_oserror
+from mirrord.client.proxy import ProxyUnavailable, failure_to_oserror
 from mirrord.layer.context import Context, Redirect, called_by_debugger, ip_kind, peer_shape
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.patching import PatchFamily

@@ -3,6 +3,7 @@ ending in order on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -45,3 +46,26 @@ async def stop_on_signal(scope: anyio.CancelScope, log: logging.Logger) -> None:
             log.info("got signal %d: exiting", signum)
             scope.cancel()
             return
+
+
+def begin(name: str, parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The start of a helper's main: its arguments (`--log-level` added), its log on stderr."""
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+    )
+    return args
+
+
+def take_secrets(name: str, *variables: str) -> list[str]:
+    """The session secrets a helper gets in its environment, removed from it at once so
+    that nothing it starts inherits them; exit status 2 if one is missing."""
+    values = [os.environ.pop(variable, "") for variable in variables]
+    missing = [v for v, value in zip(variables, values, strict=True) if not value]
+    if missing:
+        print(f"mirrord {name}: {', '.join(missing)} not set", file=sys.stderr)
+        raise SystemExit(2)
+    return values

@@ -9,6 +9,7 @@ holds more than one frame beyond what the caller has fed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import types
 import typing
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from mirrord.protocol.messages import MAX_FRAME, MESSAGES, Message
+from mirrord.protocol.messages import MAX_FRAME, MESSAGES, Data, Message
 
 _LEN = struct.Struct(">I")
 _Check = Callable[[Any], bool]
@@ -130,6 +131,60 @@ def encode(msg: Message, max_frame: int = MAX_FRAME) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
+_DATA_KEYS = b"\x83\xa1t\xa4data\xa4conn"
+
+
+_INT_PREFIX = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_BIN_PREFIX = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _data_frame(buf: bytearray, start: int, end: int) -> Data | None:
+    """The Data message of frame `buf[start:end]` if it has exactly the shape that
+    data_frame_header gives (every sender's), read without msgpack and with one copy of
+    its payload; None for anything else (the general decoder then decides)."""
+    pos = start + len(_DATA_KEYS)
+    if end - start < len(_DATA_KEYS) + 7 or buf[start:pos] != _DATA_KEYS:
+        return None
+    marker = buf[pos]
+    if marker < 0x80:
+        conn, pos = marker, pos + 1
+    elif (size := _INT_PREFIX.get(marker)) is not None:
+        conn, pos = int.from_bytes(buf[pos + 1 : pos + 1 + size], "big"), pos + 1 + size
+    else:
+        return None
+    if buf[pos : pos + 5] != b"\xa4data" or pos + 6 > end:
+        return None
+    size = _BIN_PREFIX.get(buf[pos + 5], 0)
+    if not size:
+        return None
+    length = int.from_bytes(buf[pos + 6 : pos + 6 + size], "big")
+    data_start = pos + 6 + size
+    if data_start + length != end:
+        return None
+    return Data(conn=conn, data=bytes(buf[data_start:end]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _conn_prefix(conn: int) -> bytes:
+    return _DATA_KEYS + msgpack.packb(conn) + b"\xa4data"
+
+
+def data_frame_header(conn: int, size: int) -> bytes:
+    """The frame of a Data message up to its payload: length prefix, map, tag, conn, and
+    the bin header of `size` bytes that follow. Lets a sender write the payload without
+    copying it into the frame; the frame is what `encode(Data(conn, data))` gives."""
+    if size < 256:
+        bin_header = b"\xc4" + size.to_bytes(1, "big")
+    elif size < 65536:
+        bin_header = b"\xc5" + size.to_bytes(2, "big")
+    else:
+        bin_header = b"\xc6" + size.to_bytes(4, "big")
+    head = _conn_prefix(conn) + bin_header
+    if len(head) + size > MAX_FRAME:
+        raise ProtocolError(f"data: a frame of {len(head) + size} bytes is over the limit")
+    return _LEN.pack(len(head) + size) + head
+
+
 def decode_payload(payload: bytes | memoryview) -> Message:
     """The message in one frame's payload, or ProtocolError."""
     try:
@@ -139,6 +194,10 @@ def decode_payload(payload: bytes | memoryview) -> Message:
     if type(obj) is not dict:
         raise ProtocolError("frame is not a map")
     tag = obj.get("t")
+    if tag == "data" and len(obj) == 3:  # the hot path: the bytes of relayed connections
+        conn, data = obj.get("conn"), obj.get("data")
+        if type(conn) is int and type(data) is bytes:
+            return Data(conn=conn, data=data)
     schema = _schema(tag) if type(tag) is str else None
     if schema is None:
         raise ProtocolError(f"unknown message type {obj.get('t')!r:.40}")
@@ -179,10 +238,14 @@ class Codec:
                 f"frame of {length} bytes exceeds the limit of {self.max_frame}", "too_large"
             )
             raise self._broken
-        end = self._pos + _LEN.size + length
+        start, end = self._pos + _LEN.size, self._pos + _LEN.size + length
         if len(self._buf) < end:
             return None
-        payload = bytes(self._buf[self._pos + _LEN.size : end])
+        data = _data_frame(self._buf, start, end)
+        if data is not None:
+            self._pos = end
+            return data
+        payload = bytes(self._buf[start:end])
         self._pos = end
         try:
             return decode_payload(payload)

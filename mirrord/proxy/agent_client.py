@@ -50,9 +50,12 @@ class AgentClient:
     def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
         self.link = link
         self.mux = Mux(link, tg)
+        self.mux.announcements = self._announced
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
+        #: what the transport can tell about its end (a Kubernetes port-forward's error)
+        self.why_ended: Callable[[], str] | None = None
         self.gone_at = 0.0  # time.monotonic() when the link ended
         #: called for each IncomingConnection/IncomingFd (with its socket), in order,
         #: before the connection's first Data frame
@@ -91,6 +94,16 @@ class AgentClient:
         assert pending.reply is not None
         return pending.reply, pending.fd
 
+    def _announced(self, msg: Message) -> None:
+        """A message that announces a connection opens it in the Mux before its first
+        Data, which may follow in the same read: a server that speaks first."""
+        if isinstance(msg, IncomingConnection):
+            self.mux.open(msg.conn, datagram=False)
+        elif isinstance(msg, Connected):
+            pending = self._pending.get(msg.req)
+            if pending is not None and pending.connects is not None:
+                self.mux.open(msg.conn, datagram=pending.connects == "udp")
+
     def _failure(self, req: int) -> RequestFailed:
         return RequestFailed(
             req=req,
@@ -104,10 +117,9 @@ class AgentClient:
         reason = "the agent closed the connection"
         try:
             while True:
-                msg = await self.link.receive()
-                if await self.mux.handle(msg):
-                    continue
+                msg = await self.link.receive()  # connection frames went to the Mux already
                 if isinstance(msg, IncomingConnection | IncomingFd):
+                    # (an IncomingConnection's conn is open already: see _announced)
                     fd = self.link.take_fd() if isinstance(msg, IncomingFd) else None
                     if self.on_incoming is None:
                         if fd is not None:
@@ -118,10 +130,6 @@ class AgentClient:
                 fd = self.link.take_fd() if isinstance(msg, ConnectedFd) else None
                 req = getattr(msg, "req", None)
                 if req is not None and (pending := self._pending.get(req)) is not None:
-                    if isinstance(msg, Connected) and pending.connects is not None:
-                        # the remote may speak first: its Data can follow this reply at
-                        # once, before the requester runs again; it must find its conn
-                        self.mux.open(msg.conn, datagram=pending.connects == "udp")
                     pending.reply, pending.fd = msg, fd
                     pending.done.set()
                 elif fd is not None:
@@ -131,14 +139,9 @@ class AgentClient:
         except ProtocolError as exc:
             reason = f"the agent broke the protocol: {exc}"
             await self.link.fail(exc)
-        except (
-            anyio.EndOfStream,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-            OSError,
-        ) as exc:
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             # a transport that knows why it ended says so (a broken port-forward)
-            reason = str(exc) or reason
+            reason = (self.why_ended and self.why_ended()) or reason
         finally:
             self.gone, self.gone_at = reason, time.monotonic()
             log.warning("agent link ended: %s", reason)

@@ -23,7 +23,7 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.listeners import Listeners
 from mirrord.proxy.mirror_to_app import MirrorToApp
 from mirrord.wire.connect import connect
-from mirrord.wire.mux import Pipe, TcpPipe, splice
+from mirrord.wire.mux import splice
 
 log = logging.getLogger("mirrord.proxy")
 #: Accepted connections whose origin the layers may still ask about.
@@ -63,16 +63,16 @@ class IncomingRouter:
         return replace(origin.info, req=msg.req, has_fd=fd is not None), fd
 
     def on_incoming(self, msg: IncomingConnection | IncomingFd, fd: int | None) -> None:
-        """Called in order by the agent link reader, before the connection's first Data."""
+        """Called in order by the agent link reader (the connection is open in the Mux
+        already, its Data waiting there)."""
         if isinstance(msg, IncomingConnection):
-            self.agent.mux.open(msg.conn, datagram=False)
             self.tg.start_soon(self._deliver, msg)
         elif fd is not None:
             self.tg.start_soon(self._deliver_fd, msg, fd)
 
     async def _connect_app(
         self, msg: IncomingConnection | IncomingFd, origin: _Origin
-    ) -> anyio.abc.SocketStream | None:
+    ) -> socket.socket | None:
         """A connection into the app for `msg`, its origin known before the app accepts."""
         sub = self.listeners.subscriptions.get(msg.port)
         if sub is None:
@@ -89,28 +89,28 @@ class IncomingRouter:
                     os.close(stale.fd)
                     stale.fd = None
             await connect(sock, (sub.app_host, sub.app_port))
-            return await anyio.abc.SocketStream.from_socket(sock)
+            return sock
         except OSError as exc:
             sock.close()
             log.warning("the app does not accept on %s:%s: %s", sub.app_host, sub.app_port, exc)
             return None
 
     async def _deliver(self, msg: IncomingConnection) -> None:
-        stream = await self._connect_app(msg, _Origin(_info(msg)))
-        if stream is None:
+        app = await self._connect_app(msg, _Origin(_info(msg)))
+        if app is None:
             await self.agent.mux.reset(msg.conn)
             return
-        if msg.mode == "mirror":
-            sub = self.listeners.subscriptions[msg.port]
-            pipe: Pipe = MirrorToApp(
-                stream,
-                lambda: self._connect_app(msg, _Origin(_info(msg))),
-                sub.http_filter,
-                self.tg,
-            )
-        else:
-            pipe = TcpPipe(stream)
-        self.agent.mux.attach(msg.conn, pipe)
+        if msg.mode != "mirror":
+            await self.agent.mux.attach_socket(msg.conn, app)
+            return
+
+        async def reconnect() -> anyio.abc.SocketStream | None:
+            again = await self._connect_app(msg, _Origin(_info(msg)))
+            return None if again is None else await anyio.abc.SocketStream.from_socket(again)
+
+        sub = self.listeners.subscriptions[msg.port]
+        stream = await anyio.abc.SocketStream.from_socket(app)
+        self.agent.mux.attach(msg.conn, MirrorToApp(stream, reconnect, sub.http_filter, self.tg))
 
     async def _deliver_fd(self, msg: IncomingFd, fd: int) -> None:
         """The app's accept() claims the socket itself; if it never asks, relay bytes."""
@@ -127,10 +127,10 @@ class IncomingRouter:
         origin = _Origin(_info(msg), fd if family == app_family else None)
         owned: int | None = None if origin.fd is not None else fd
         try:
-            stream = await self._connect_app(msg, origin)
-            if stream is None:
+            app = await self._connect_app(msg, origin)
+            if app is None:
                 return
-            async with stream:
+            async with await anyio.abc.SocketStream.from_socket(app) as stream:
                 if owned is None:
                     with anyio.move_on_after(CLAIM_TIMEOUT):
                         await origin.claimed.wait()  # (the app may have claimed it already)

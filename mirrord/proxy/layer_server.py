@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from mirrord.protocol import (
     Message,
     Ping,
     Pong,
-    ProtocolError,
     RegisterListener,
     Subscribe,
 )
@@ -30,6 +30,7 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.outgoing import Outgoing
 from mirrord.wire.link import Link
+from mirrord.wire.serve import serve_link
 
 log = logging.getLogger("mirrord.proxy")
 
@@ -110,39 +111,24 @@ class LayerSession:
         reply = await self.state.agent.request(msg)
         await self.link.send(with_req(reply, msg.req))
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         # its process may have held the last descriptor of a listener
         await self.state.incoming.listeners.sweep()
         await self.outgoing.close()
 
 
-async def handle_layer(state: ProxyState, stream: anyio.abc.ByteStream) -> None:
-    link = Link(stream)
+async def handle_layer(state: ProxyState, sock: socket.socket) -> None:
     state.layers += 1
     state.ever_connected = True
     state.last_change = time.monotonic()
-    try:
-        with anyio.fail_after(10):
-            client = await link.accept_handshake(state.token)
-        if not client.startswith("cli "):
+
+    def open_session(link: Link, tg: anyio.abc.TaskGroup, peer: str) -> LayerSession:
+        if not peer.startswith("cli "):
             state.app_layer_seen = True
-        async with anyio.create_task_group() as tg:
-            session = LayerSession(state, link, tg)
-            try:
-                await session.serve()
-            except ProtocolError as exc:
-                log.warning("layer %s broke the protocol: %s", client, exc)
-                await link.fail(exc)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                pass
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await session.close()
-                tg.cancel_scope.cancel()
-    except (ProtocolError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-        log.warning("a layer was dropped during the handshake")
+        return LayerSession(state, link, tg)
+
+    try:
+        await serve_link(sock, state.token, open_session, "intproxy")
     finally:
         state.layers -= 1
         state.last_change = time.monotonic()
-        with anyio.CancelScope(shield=True):
-            await link.aclose()

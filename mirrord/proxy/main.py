@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -14,13 +15,21 @@ import anyio
 import anyio.abc
 
 from mirrord.kube.client import PENDING_AGENT, KubeAccess
-from mirrord.process.lifecycle import announce_ready, run_loop, stop_on_signal
+from mirrord.process.lifecycle import (
+    announce_ready,
+    begin,
+    run_loop,
+    stop_on_signal,
+    take_secrets,
+)
 from mirrord.protocol import ProtocolError
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
 from mirrord.system.procfs import process_start
+from mirrord.wire.connect import connect_to
 from mirrord.wire.link import Link
+from mirrord.wire.serve import accept_forever
 
 log = logging.getLogger("mirrord.proxy")
 AGENT_TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -31,21 +40,6 @@ GRACE = 0.5
 FIRST_LAYER_TIMEOUT = 60.0
 #: A program that ran this long without any layer connecting gets the user's warning.
 NO_LAYER_AFTER = 3.0
-
-
-async def connect_agent(
-    address: str, args: argparse.Namespace | None = None
-) -> anyio.abc.ByteStream:
-    if address.startswith("kube:"):
-        # a cluster agent: through a Kubernetes port-forward that we open ourselves
-        from mirrord.kube.forward import connect_forward
-
-        access = KubeAccess(getattr(args, "kubeconfig", None), getattr(args, "kube_context", None))
-        return await connect_forward(address, access)
-    if address.startswith("unix:"):
-        return await anyio.connect_unix(address[5:])
-    host, _, port = address.rpartition(":")
-    return await anyio.connect_tcp(host.strip("[]"), int(port))
 
 
 async def watch_lifetime(state: ProxyState, app_pid: int | None) -> None:
@@ -87,14 +81,25 @@ async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, te
 
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
-    with anyio.fail_after(30):
-        stream = await connect_agent(args.agent, args)
-    link = Link(stream, accept_fds=True)
+    why_ended = None
+    if args.agent.startswith("kube:"):
+        # a cluster agent: through a Kubernetes port-forward that we open ourselves
+        from mirrord.kube.forward import connect_forward
+
+        with anyio.fail_after(30):
+            forward = await connect_forward(
+                args.agent, KubeAccess(args.kubeconfig, args.kube_context)
+            )
+        sock, why_ended = forward.sock, forward.why_ended
+    else:
+        sock = await connect_to(args.agent, timeout=30)
+    link = Link(sock, accept_fds=True)
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
     async with anyio.create_task_group() as tg:
         agent = AgentClient(link, tg)
+        agent.why_ended = why_ended
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
@@ -104,12 +109,14 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         state = ProxyState(
             token=proxy_token, agent=agent, incoming=incoming, pass_fds=not args.no_fd_passing
         )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # only our user may talk to the intproxy
         try:
-            listener = await anyio.create_unix_listener(args.socket)
+            listener.bind(args.socket)
         finally:
             os.umask(old)
-        tg.start_soon(listener.serve, lambda s: handle_layer(state, s))
+        listener.listen(1024)
+        tg.start_soon(accept_forever, listener, lambda s: handle_layer(state, s))
         if args.warn_fd is not None and args.no_layer_warning:
             tg.start_soon(
                 warn_without_layer, state, args.watch_pid, args.warn_fd, args.no_layer_warning
@@ -139,17 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="always relay bytes, even when the agent could hand over its sockets",
     )
-    parser.add_argument("--log-level", default="info")
     parser.add_argument("--warn-fd", type=int, help="the user's stderr, for warnings")
     parser.add_argument("--no-layer-warning", help="why no layer may connect, if none does")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s intproxy %(levelname)s %(message)s",
-    )
-    agent_token = os.environ.pop(AGENT_TOKEN_ENV, "")
-    proxy_token = os.environ.pop(PROXY_TOKEN_ENV, "")
+    args = begin("intproxy", parser, argv)
     if args.agent == PENDING_AGENT:
         # a cluster agent still being made: get ready meanwhile, then learn where it is
         from mirrord.kube.forward import ForwardError, wait_for_agent
@@ -161,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if found is None:
             return 2  # the CLI gave up on the agent
-        args.agent, agent_token = found
-    if not agent_token or not proxy_token:
-        print("mirrord intproxy: session tokens are not set", file=sys.stderr)
-        return 2
+        args.agent, os.environ[AGENT_TOKEN_ENV] = found
+    agent_token, proxy_token = take_secrets("intproxy", AGENT_TOKEN_ENV, PROXY_TOKEN_ENV)
     healthy = False
     try:
         healthy = run_loop(run, args, agent_token, proxy_token)

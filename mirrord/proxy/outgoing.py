@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 from dataclasses import replace
 
 import anyio
@@ -23,7 +22,7 @@ from mirrord.protocol import Connect, Connected, Message
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.wire.link import Link
-from mirrord.wire.mux import RelayUdpPipe, TcpPipe, splice
+from mirrord.wire.mux import RelayUdpPipe, linger_zero, splice
 
 log = logging.getLogger("mirrord.proxy")
 #: How long a relay address waits for the app's connect before the remote side is dropped.
@@ -93,27 +92,27 @@ class Outgoing:
             self.udp_conns.append(conn)
             await self._reply_relay(msg, relay)
             return
-        listener, relay = await _relay_listener()
+        listener, relay = _relay_listener()
         try:
             await self._reply_relay(msg, relay)
-            stream = await _accept_app(listener, relay)
-            if stream is None:
-                await self.agent.mux.reset(conn)
-                return
-            self.agent.mux.attach(conn, TcpPipe(stream))
+            app = await _accept_app(listener, relay)
         finally:
-            await listener.aclose()
+            listener.close()
+        if app is None:
+            await self.agent.mux.reset(conn)
+            return
+        await self.agent.mux.attach_socket(conn, app)
 
     async def _relay_before_connected(self, msg: Connect, answer: _Answer) -> None:
-        listener, relay = await _relay_listener()
+        listener, relay = _relay_listener()
         try:
             await self._reply_relay(msg, relay)
-            stream = await _accept_app(listener, relay)
+            app = await _accept_app(listener, relay)
             await answer.ready.wait()
         finally:
-            await listener.aclose()
+            listener.close()
         reply, fd = answer.reply, answer.fd
-        if stream is None:
+        if app is None:
             if fd is not None:
                 os.close(fd)
             elif isinstance(reply, Connected):
@@ -121,15 +120,17 @@ class Outgoing:
             return
         if fd is not None:
             # a local agent handed over its socket: our end of the relay carries it
+            app_stream = await anyio.abc.SocketStream.from_socket(app)
             remote = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
-            async with stream, remote:
-                await splice(stream, remote)
+            async with app_stream, remote:
+                await splice(app_stream, remote)
         elif isinstance(reply, Connected):
-            self.agent.mux.attach(reply.conn, TcpPipe(stream))
+            await self.agent.mux.attach_socket(reply.conn, app)
         else:
             # the remote refused or never answered: the app sees a reset connection
             log.info("connect to %s:%d failed after the app got its relay", msg.host, msg.port)
-            await _reset(stream)
+            linger_zero(app)
+            app.close()
 
     async def _reply_relay(self, msg: Connect, relay: tuple) -> None:
         await self.link.send(
@@ -148,27 +149,23 @@ class Outgoing:
             await self.agent.mux.reset(conn)
 
 
-async def _relay_listener() -> tuple[anyio.abc.SocketListener, tuple]:
+def _relay_listener() -> tuple[socket.socket, tuple]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((RELAY_HOST, 0))
     sock.listen(1)
-    return await anyio.abc.SocketListener.from_socket(sock), sock.getsockname()
+    sock.setblocking(False)
+    return sock, sock.getsockname()
 
 
-async def _accept_app(
-    listener: anyio.abc.SocketListener, relay: tuple
-) -> anyio.abc.SocketStream | None:
+async def _accept_app(listener: socket.socket, relay: tuple) -> socket.socket | None:
     """The app's connection to its relay (it connects right after our reply)."""
     with anyio.move_on_after(RELAY_ACCEPT_TIMEOUT):
-        return await listener.accept()
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                app, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            return app
     log.warning("the app never connected to relay %s; dropping", relay)
     return None
-
-
-async def _reset(stream: anyio.abc.SocketStream) -> None:
-    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    await stream.aclose()

@@ -19,14 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrord.settings.contract import FS_MODES, FsSettings
 from mirrord.settings.rust_regex import compile_rust_regex, translate
 
 LOCAL = "local"
 REMOTE = "remote"
 NOT_FOUND = "not_found"
 
-MODES = ("local", "localwithoverrides", "read", "write")
-DEFAULT_MODE = "read"
+MODES = FS_MODES
+DEFAULT_MODE = FsSettings.mode
 
 #: mirrord's read_local_by_default.rs (unix): local in every mode unless a user list says
 #: otherwise. The macOS-only entries are left out.
@@ -161,14 +162,6 @@ class RegexSet:
         return False
 
 
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
 def runtime_local_patterns(
     *,
     cwd: str | None,
@@ -229,34 +222,32 @@ class FsPolicy:
     @classmethod
     def from_settings(
         cls,
-        fs: Mapping[str, Any] | None,
+        fs: FsSettings | Mapping[str, Any] | None,
         *,
         runtime_local: Iterable[str] = (),
         home: str | None = None,
     ) -> FsPolicy:
-        """The policy of the layer's `fs` settings (see `MirrordConfig.layer_settings`).
+        """The policy of the layer's `fs` settings (the contract's, or its JSON object).
 
         `runtime_local`: extra default-local patterns (`runtime_local_patterns`); `home`:
         where the default not-found cloud credentials live.
         """
-        fs = fs or {}
-        mode = str(fs.get("mode") or DEFAULT_MODE)
-        if mode not in MODES:
-            raise ValueError(f"unknown fs mode {mode!r}")
+        if not isinstance(fs, FsSettings):
+            fs = FsSettings.from_dict(dict(fs or {}))
         home_dir = (home or "").rstrip("/")
         not_found_defaults = (
             [f"^{re.escape(home_dir)}/{p}" for p in NOT_FOUND_BY_DEFAULT] if home_dir else []
         )
         mapping = [
-            (compile_pattern(pattern), translate_replacement(str(value)))
-            for pattern, value in (fs.get("mapping") or {}).items()
+            (compile_pattern(pattern), translate_replacement(value))
+            for pattern, value in fs.mapping.items()
         ]
         return cls(
-            mode=mode,
-            read_write=RegexSet(_as_list(fs.get("read_write"))),
-            read_only=RegexSet(_as_list(fs.get("read_only"))),
-            local=RegexSet(_as_list(fs.get("local"))),
-            not_found=RegexSet(_as_list(fs.get("not_found"))),
+            mode=fs.mode,
+            read_write=RegexSet(fs.read_write),
+            read_only=RegexSet(fs.read_only),
+            local=RegexSet(fs.local),
+            not_found=RegexSet(fs.not_found),
             default_local=RegexSet([*READ_LOCAL_BY_DEFAULT, *runtime_local]),
             default_remote_ro=RegexSet(READ_REMOTE_BY_DEFAULT),
             default_not_found=RegexSet(not_found_defaults),

@@ -21,7 +21,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from mirrord.settings.contract import FilterSettings
 
 __all__ = ["FilterEntry", "FilterError", "OutgoingFilter", "parse_entry"]
 
@@ -230,10 +232,15 @@ class OutgoingFilter:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None) -> OutgoingFilter:
-        """Build from the ``filter`` dict of ``layer_settings()``; ``None`` means no filter."""
-        if settings is None:
+        """Build from a ``filter`` object of the layer settings; ``None`` means no filter."""
+        return cls.from_spec(None if settings is None else FilterSettings.from_dict(settings))
+
+    @classmethod
+    def from_spec(cls, spec: FilterSettings | None) -> OutgoingFilter:
+        """Build from the contract's filter; ``None`` means no filter."""
+        if spec is None:
             return cls()
-        return cls(settings["mode"], settings["entries"])
+        return cls(cast(Literal["local", "remote"], spec.mode), spec.entries)
 
     def matches(self, proto: str, address: str, port: int, hostnames: Iterable[str] = ()) -> bool:
         """True if any entry matches (whatever the mode)."""

@@ -61,6 +61,26 @@ def same_namespace(a: str | Path, b: str | Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def pids_in_netns(path: str | Path) -> list[int]:
+    """Pids of the processes in the network namespace at `path` (like `ip netns pids`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    key = (st.st_dev, st.st_ino)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            pst = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (pst.st_dev, pst.st_ino) == key:
+            pids.append(int(entry))
+    return pids
+
+
 def enter_named_netns(name: str, pid: int | None = None) -> None:
     """The network namespace NAME, and the mount namespace of its process `pid`.
 

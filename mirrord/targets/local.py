@@ -60,11 +60,8 @@ def oldest_process_in(netns_path: str) -> int | None:
     """The longest-running process of a network namespace (its main service)."""
     best: tuple[int, int] | None = None
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        if not namespaces.same_namespace(entry / "ns/net", netns_path):
+    for pid in namespaces.pids_in_netns(netns_path):
+        if pid == me:
             continue
         started = process_start(pid)
         if started is None:

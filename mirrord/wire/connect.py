@@ -11,20 +11,39 @@ import anyio
 
 
 async def connect(
-    sock: socket.socket, address: tuple[Any, ...], timeout: float | None = None
+    sock: socket.socket, address: tuple[Any, ...] | str, timeout: float | None = None
 ) -> None:
     """Connect `sock` without blocking the loop. A failure is the OSError of its errno
     (anyio.connect_tcp folds it into a generic message); the caller closes the socket."""
     sock.setblocking(False)
     err = sock.connect_ex(address)
-    if err == errno.EINPROGRESS:
+    if err in (errno.EINPROGRESS, errno.EAGAIN):  # EAGAIN: a unix socket's full backlog
         try:
             with anyio.fail_after(timeout):
                 await anyio.wait_writable(sock)
         except TimeoutError:
-            raise OSError(
-                errno.ETIMEDOUT, f"connect to {address[0]}:{address[1]} timed out"
-            ) from None
+            raise OSError(errno.ETIMEDOUT, f"connect to {address} timed out") from None
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
-        raise OSError(err, f"connect to {address[0]}:{address[1]}: {os.strerror(err)}")
+        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+        raise OSError(err, f"connect to {where}: {os.strerror(err)}")
+
+
+async def connect_to(address: str, timeout: float | None = None) -> socket.socket:
+    """A socket connected to `unix:PATH` or `HOST:PORT` ([v6]:PORT)."""
+    if address.startswith("unix:"):
+        family, target = socket.AF_UNIX, address[5:]
+    else:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        target = (host, int(port))  # type: ignore[assignment]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await connect(sock, target, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    if family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

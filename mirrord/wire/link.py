@@ -1,4 +1,11 @@
-"""A framed message link over an anyio byte stream (agent and intproxy side).
+"""A framed message link over a socket (agent and intproxy side).
+
+The data plane of every relayed connection runs through here, so the link is driven by
+the event loop's readiness callbacks rather than by a task per read: the reader hands
+connection frames (Data, Eof, Close, Credit) to the Mux at once, in the loop's callback,
+and queues the rest for `receive()`; writes go straight to the socket while it takes
+them and are buffered (with their descriptors) while it does not. Data frames are
+written as a small header plus the caller's bytes (no copy of the payload).
 
 Over a unix socket a frame may carry a file descriptor (SCM_RIGHTS). Descriptors arrive
 no later than the bytes of their frame and in order, so the reader queues them and the
@@ -7,15 +14,17 @@ consumer of a fd-carrying message takes the next one.
 
 from __future__ import annotations
 
+import array
+import asyncio
 import errno
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import anyio.abc
 
 from mirrord.protocol import (
     ClientHandshake,
@@ -26,56 +35,238 @@ from mirrord.protocol import (
     RequestFailed,
     ServerHandshake,
 )
-from mirrord.protocol.codec import encode
+from mirrord.protocol.codec import data_frame_header, encode
 
 log = logging.getLogger("mirrord")
 READ_SIZE = 256 * 1024
 #: Descriptors one read may bring; more would be silently closed by the kernel.
 MAX_FDS_PER_READ = 64
+_FD_SPACE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+#: Kernel buffer asked for on each side of a link (the kernel may cap it).
+SOCKET_BUFFER = 4 * 1024 * 1024
+#: Control messages waiting for `receive()` before the link stops reading (back-pressure).
+INBOX_LIMIT = 4096
+#: Bytes buffered for the socket above which writers are asked to wait (or pause).
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = 1024 * 1024
 
 
 class Link:
-    """Sends and receives whole messages; one writer at a time."""
+    """Sends and receives whole messages over a connected stream socket."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, accept_fds: bool = False) -> None:
-        self.stream = stream
+    def __init__(self, sock: socket.socket, accept_fds: bool = False) -> None:
+        sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:  # room for whole frames: fewer partial writes, fewer wake-ups
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+        self.sock = sock
+        self._fileno = sock.fileno()
+        self._loop = asyncio.get_running_loop()
         self._codec = Codec()
-        self._send_lock = anyio.Lock()
+        self._rbuf = bytearray(READ_SIZE)
+        self._rview = memoryview(self._rbuf)
         self._fds: deque[int] = deque()
-        self.can_pass_fds = isinstance(stream, anyio.abc.UNIXSocketStream)
+        self.can_pass_fds = sock.family == socket.AF_UNIX
         # only the intproxy takes descriptors (from its agent); anyone else's are closed
         self._accept_fds = accept_fds and self.can_pass_fds
+        #: connection frames go here as they arrive (the Mux); True means "taken"
+        self.frame_handler: Callable[[Message], bool] | None = None
+        #: called with True when writes back up (the Mux pauses its readers), False after
+        self.on_congestion: Callable[[bool], None] | None = None
+        self._inbox: deque[Message] = deque()
+        self._arrived = asyncio.Event()
+        self._ended: BaseException | None = None  # EndOfStream, ProtocolError, OSError
+        self._reading = False
+        self._out: deque[tuple[list[memoryview], int | None]] = deque()
+        self._out_bytes = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._congested = False
+        self._closed = False
 
-    async def send(self, msg: Message, fd: int | None = None) -> None:
-        frame = encode(msg)
-        async with self._send_lock:
-            if fd is None:
-                await self.stream.send(frame)
-            else:
-                assert isinstance(self.stream, anyio.abc.UNIXSocketStream)
-                await self.stream.send_fds(frame, [fd])
+    # -- reading ---------------------------------------------------------------------
 
-    async def receive(self) -> Message:
-        """The next message; anyio.EndOfStream when the peer is gone."""
-        while True:
-            msg = self._codec.next_message()
-            if msg is not None:
-                return msg
+    def _start_reading(self) -> None:
+        if not self._reading and self._ended is None and not self._closed:
+            self._loop.add_reader(self._fileno, self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fileno)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            # into one buffer of ours: a fresh 256 KiB object per read would be an mmap
+            # and munmap per message
             if self._accept_fds:
-                assert isinstance(self.stream, anyio.abc.UNIXSocketStream)
-                data, fds = await self.stream.receive_fds(READ_SIZE, MAX_FDS_PER_READ)
-                self._fds.extend(fds)
+                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
+                    [self._rbuf], _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
+                for level, kind, payload in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        usable = len(payload) - len(payload) % 4
+                        self._fds.extend(array.array("i", payload[:usable]))
                 if len(self._fds) > MAX_FDS_PER_READ:
                     raise ProtocolError("the peer sent descriptors nobody asked for")
             else:
-                data = await self.stream.receive(READ_SIZE)
-            self._codec.feed(data)
+                size = self.sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, ProtocolError) as exc:
+            self._end(exc)
+            return
+        if not size:
+            self._end(anyio.EndOfStream())
+            return
+        self._codec.feed(self._rview[:size])
+        try:
+            while (msg := self._codec.next_message()) is not None:
+                handler = self.frame_handler
+                if handler is not None and handler(msg):
+                    continue
+                self._inbox.append(msg)
+                self._arrived.set()
+        except ProtocolError as exc:
+            self._end(exc)
+            return
+        if len(self._inbox) >= INBOX_LIMIT:
+            self._stop_reading()  # receive() starts again once the backlog is worked off
+
+    def _end(self, reason: BaseException) -> None:
+        if self._ended is None:
+            self._ended = reason
+        self._stop_reading()
+        self._arrived.set()
+
+    async def receive(self) -> Message:
+        """The next message that no frame handler took; anyio.EndOfStream when the peer
+        is gone, ProtocolError when it broke the protocol."""
+        while not self._inbox:
+            if self._ended is not None:
+                raise self._ended
+            self._arrived.clear()
+            self._start_reading()
+            await self._arrived.wait()
+        msg = self._inbox.popleft()
+        if len(self._inbox) < INBOX_LIMIT // 2:
+            self._start_reading()
+        return msg
+
+    def start(self) -> None:
+        """Begin reading now (for a link whose frames a handler takes before anyone
+        calls `receive()`)."""
+        self._start_reading()
 
     def take_fd(self) -> int:
         """The descriptor that came with the message just received."""
         if not self._fds:
             raise ProtocolError("a message announced a descriptor that did not arrive")
         return self._fds.popleft()
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def send(self, msg: Message, fd: int | None = None) -> None:
+        """Send `msg` (and `fd` with it); waits while the socket is far behind."""
+        self.send_nowait(msg, fd)
+        await self.drain()
+
+    def send_nowait(self, msg: Message, fd: int | None = None) -> None:
+        self._write([memoryview(encode(msg))], fd)
+
+    def send_data(self, conn: int, data: bytes | memoryview) -> None:
+        """A Data frame, without copying `data` (the Mux's hot path)."""
+        self._write([memoryview(data_frame_header(conn, len(data))), memoryview(data)], None)
+
+    async def drain(self) -> None:
+        while self._out_bytes > HIGH_WATER:
+            if self._closed or isinstance(self._ended, OSError):
+                break
+            self._drained.clear()
+            await self._drained.wait()
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if isinstance(self._ended, OSError):
+            raise anyio.BrokenResourceError from self._ended
+
+    def _write(self, parts: list[memoryview], fd: int | None) -> None:
+        self._check_writable()
+        if not self._out:
+            size = sum(len(p) for p in parts)
+            try:
+                sent = self._send(parts, fd)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail_writes(exc)
+                raise anyio.BrokenResourceError from exc
+            if sent == size:
+                return
+            if sent:
+                parts, fd = _advance(parts, sent), None  # the fd went with the first byte
+            self._loop.add_writer(self._fileno, self._on_writable)
+        # the caller closes its descriptor when we return: ours must outlive the wait
+        self._out.append((parts, None if fd is None else os.dup(fd)))
+        self._out_bytes += sum(len(p) for p in parts)
+        if self._out_bytes > HIGH_WATER and not self._congested:
+            self._congested = True
+            if self.on_congestion is not None:
+                self.on_congestion(True)
+
+    def _send(self, parts: list[memoryview], fd: int | None) -> int:
+        if fd is None:
+            return self.sock.sendmsg(parts)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        return self.sock.sendmsg(parts, rights)
+
+    def _on_writable(self) -> None:
+        while self._out:
+            parts, fd = self._out[0]
+            try:
+                sent = self._send(parts, fd)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail_writes(exc)
+                return
+            if fd is not None:
+                os.close(fd)
+            size = sum(len(p) for p in parts)
+            self._out_bytes -= sent
+            if sent < size:
+                self._out[0] = (_advance(parts, sent), None)
+                self._wake_writers()
+                return
+            self._out.popleft()
+        self._loop.remove_writer(self._fileno)
+        self._out_bytes = 0
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        if self._out_bytes <= LOW_WATER:
+            self._drained.set()
+            if self._congested:
+                self._congested = False
+                if self.on_congestion is not None:
+                    self.on_congestion(False)
+
+    def _fail_writes(self, exc: OSError) -> None:
+        self._loop.remove_writer(self._fileno)
+        for _, fd in self._out:
+            if fd is not None:
+                os.close(fd)
+        self._out.clear()
+        self._out_bytes = 0
+        self._end(exc)
+        self._drained.set()
+
+    # -- requests and the first exchange -------------------------------------------
 
     async def guarded(self, handler: Callable[[Any], Awaitable[None]], msg: Any, side: str) -> None:
         """Run one request's handler; if it fails, the peer gets a RequestFailed and the
@@ -101,8 +292,18 @@ class Link:
         with anyio.move_on_after(1):
             try:
                 await self.send(Error(code=exc.code, message=str(exc)))
+                await self.flush()
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
+
+    async def flush(self) -> None:
+        """Wait until everything written has reached the socket."""
+        while self._out and not self._closed and not isinstance(self._ended, OSError):
+            self._drained.clear()
+            if self._out_bytes <= LOW_WATER:
+                await anyio.sleep(0.001)
+            else:
+                await self._drained.wait()
 
     async def accept_handshake(self, token: str) -> str:
         """Server side of the first exchange; returns the client's name."""
@@ -121,6 +322,31 @@ class Link:
         handshake.receive(await self.receive())
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            await self.flush()  # a goodbye written just before must not be lost
+        self._closed = True
+        self._stop_reading()
+        self._loop.remove_writer(self._fileno)
+        for _, fd in self._out:
+            if fd is not None:
+                os.close(fd)
+        self._out.clear()
         while self._fds:
             os.close(self._fds.popleft())
-        await self.stream.aclose()
+        self.sock.close()
+        self._end(anyio.ClosedResourceError())
+        self._drained.set()
+
+
+def _advance(parts: list[memoryview], sent: int) -> list[memoryview]:
+    """What is left of `parts` after `sent` bytes went out."""
+    left = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        left.append(part[sent:])
+        sent = 0
+    return left

@@ -1,6 +1,6 @@
-"""The layer's blocking link to the intproxy: one unix socket per thread, fork-aware.
+"""A blocking link to the intproxy: pooled unix sockets, thread- and fork-safe.
 
-Runs inside the user's app: standard library and msgpack only.
+Runs inside the user's app (the layer) and in the CLI: standard library and msgpack only.
 """
 
 from __future__ import annotations

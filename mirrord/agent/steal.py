@@ -1,0 +1,387 @@
+"""Stealing ports: iptables REDIRECT to one listener in the target, connections handed
+whole to their subscriber or, with HTTP filters, request by request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mirrord.agent.delivery import deliver, hand_over
+from mirrord.agent.http_destinations import (
+    Channel,
+    Destination,
+    Drain,
+    Sink,
+    SocketDestination,
+    StealError,
+)
+from mirrord.agent.http_steal import serve_stolen_http
+from mirrord.agent.iptables import MARK, IptablesError, Redirects
+from mirrord.agent.outgoing import connect_socket
+from mirrord.agent.session import AgentState, ClientSession
+from mirrord.http.head import RequestHead
+from mirrord.wire.mux import splice
+
+log = logging.getLogger("mirrord.agent")
+
+SO_ORIGINAL_DST = 80
+
+
+class SubscribeError(OSError):
+    pass
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where a REDIRECTed connection was going (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST)."""
+    if sock.family == socket.AF_INET6:
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        port, packed = struct.unpack_from("!2xH4x16s", raw)
+        return socket.inet_ntop(socket.AF_INET6, packed), port
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port
+
+
+async def connect_unredirected(host: str, port: int) -> anyio.abc.SocketStream:
+    """A connection to the original service that our own OUTPUT rule lets through."""
+    sock = await connect_socket("tcp", host, port, mark=MARK)
+    return await anyio.abc.SocketStream.from_socket(sock)
+
+
+#: Pause of the stealing listener after accept() failed (EMFILE: out of descriptors).
+ACCEPT_BACKOFF = 0.1
+#: Requests one subscriber may have in flight (each holds a connection through its intproxy).
+MAX_IN_FLIGHT = 64
+#: How long a matching request waits for one of those before it is answered 503.
+QUEUE_TIMEOUT = 10.0
+#: Errors that mean a client (its link, its task group) went away under us.
+
+
+@dataclass(eq=False)
+class _Stealer:
+    session: ClientSession
+    http_filter: Any  # HttpFilter | None
+    want_fd: bool = False
+    #: a bounded queue: matching requests past MAX_IN_FLIGHT wait here (then get a 503)
+    slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(MAX_IN_FLIGHT))
+    gone: bool = False
+
+
+class _AppPipe:
+    """The Mux's side of an `_AppChannel` (the wire.mux.Pipe protocol)."""
+
+    datagram = False
+
+    def __init__(self, channel: _AppChannel) -> None:
+        self.channel = channel
+
+    async def receive(self, max_bytes: int) -> bytes:
+        return await self.channel.take(max_bytes)
+
+    async def send(self, data: bytes) -> None:
+        await self.channel.give(data)
+
+    async def send_eof(self) -> None:
+        self.channel.app_eof()
+
+    async def close(self, reset: bool) -> None:
+        self.channel.lost("the local app's connection was reset" if reset else "")
+
+
+class _AppChannel(Channel):
+    """Requests to the developer's app, as one connection of its session's Mux.
+
+    No socket in between: the engine's bytes become Data frames in the Mux's pump, and the
+    app's answers are parsed in the pump that received them."""
+
+    name = "local app"
+    HIGH, LOW = 256 * 1024, 64 * 1024
+
+    def __init__(self, sink: Sink, stealer: _Stealer) -> None:
+        self.sink = sink
+        self.stealer = stealer
+        self.pipe = _AppPipe(self)
+        self.out = bytearray()
+        self.eof = False
+        self.aborted = False
+        self.full = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # the engine's side
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            return
+        self.out += data
+        self._readable.set()
+        if len(self.out) > self.HIGH and not self.full:
+            self.full = True
+            self.sink.target_paused(True)
+
+    def write_eof(self) -> None:
+        self.eof = True
+        self._readable.set()
+
+    def pause_reading(self) -> None:
+        self._writable.clear()
+
+    def resume_reading(self) -> None:
+        self._writable.set()
+
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stealer.slots.release()
+        self.eof = True
+        self.aborted = self.aborted or abort
+        self._readable.set()
+        self._writable.set()
+
+    # the Mux's side
+    async def take(self, max_bytes: int) -> bytes:
+        while not self.out:
+            if self.aborted:
+                raise anyio.BrokenResourceError
+            if self.eof:
+                raise anyio.EndOfStream
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = bytes(self.out[:max_bytes])
+        del self.out[:max_bytes]
+        if self.full and len(self.out) < self.LOW:
+            self.full = False
+            self.sink.target_paused(False)
+        return chunk
+
+    async def give(self, data: bytes) -> None:
+        if self.closed:
+            return  # answers after we stopped listening (e.g. the client went)
+        self.sink.target_data(self, data)
+        await self._writable.wait()  # the client reads slowly: so must the app's answers go
+
+    def app_eof(self) -> None:
+        if not self.closed:
+            self.sink.target_eof(self)
+
+    def lost(self, error: str) -> None:
+        if not self.closed:
+            self.close()
+            self.sink.target_lost(self, error or "the local app closed the connection")
+
+
+class _StealerDestination:
+    """A matching request's way to a subscriber: a new connection of its session's Mux."""
+
+    def __init__(self, stealer: _Stealer, target: tuple[str, int], peer: tuple[str, int]):
+        self.key = stealer
+        self.stealer = stealer
+        self.target = target
+        self.peer = peer
+
+    async def open(self, sink: Sink) -> Channel:
+        stealer = self.stealer
+        try:
+            with anyio.fail_after(QUEUE_TIMEOUT):
+                await stealer.slots.acquire()
+        except TimeoutError:
+            raise StealError(
+                f"the local app has {MAX_IN_FLIGHT} requests in flight and took no other"
+                f" for {QUEUE_TIMEOUT:.0f} s",
+                503,
+            ) from None
+        channel = _AppChannel(sink, stealer)
+        if stealer.gone or not await deliver(
+            stealer.session, channel.pipe, self.target, self.peer, "steal"
+        ):
+            channel.close()
+            raise StealError("the local app's session is gone", fallback=True)
+        return channel
+
+
+class StealService:
+    """One listener in the target; REDIRECT rules send subscribed ports to it.
+
+    Every stolen connection is served in a task of its own, and whatever goes wrong in it
+    (a client of the agent that went away mid-delivery) ends that connection only."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.subs: dict[int, list[_Stealer]] = {}
+        # filtered connections being served, per port: they go once the port is released
+        self.drains: dict[int, Drain] = {}
+        # one listener and one table per IP version; IPv6 only where the target has it
+        self.listeners: list[socket.socket] = []
+        self.redirects: list[Redirects] = []
+        # iptables runs in a worker thread, one change at a time and in order
+        self._rules = anyio.Lock()
+        for family, anywhere, tool in (
+            (socket.AF_INET, "0.0.0.0", "iptables"),
+            (socket.AF_INET6, "::", "ip6tables"),
+        ):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((anywhere, 0))
+                sock.listen(1024)
+            except OSError as exc:
+                sock.close()
+                log.info("no %s listener for stealing: %s", tool, exc)
+                continue
+            self.listeners.append(sock)
+            self.redirects.append(Redirects(sock.getsockname()[1], tool))
+        assert state.tg is not None
+        for sock in self.listeners:
+            state.tg.start_soon(self._accept_loop, sock)
+
+    async def subscribe(
+        self, session: ClientSession, port: int, http_filter: Any, want_fd: bool = False
+    ) -> None:
+        async with self._rules:
+            taken = self.subs.setdefault(port, [])
+            if any(s.session is session for s in taken):
+                return
+            if taken and (http_filter is None or any(s.http_filter is None for s in taken)):
+                # filtered steals share a port; a whole-port steal cannot share it
+                raise SubscribeError(
+                    errno.EADDRINUSE,
+                    f"port {port} of the target is already stolen by another session",
+                )
+            try:
+                await anyio.to_thread.run_sync(self._add_rules, port)
+            except IptablesError as exc:
+                if not taken:
+                    del self.subs[port]
+                raise SubscribeError(errno.EPERM, str(exc)) from None
+            # a client on this host may take the stolen sockets themselves: nothing to relay
+            taken.append(_Stealer(session, http_filter, want_fd and session.link.can_pass_fds))
+        log.info("stealing port %d%s", port, " (filtered)" if http_filter else "")
+
+    def _add_rules(self, port: int) -> None:
+        self.redirects[0].add(port)  # IPv4 is a must
+        for redirects in self.redirects[1:]:
+            try:
+                redirects.add(port)
+            except IptablesError as exc:
+                log.info("port %d: no IPv6 stealing: %s", port, exc)
+
+    def _remove_rules(self, port: int) -> None:
+        for redirects in self.redirects:
+            redirects.remove(port)
+
+    async def unsubscribe(self, session: ClientSession, port: int) -> None:
+        async with self._rules:
+            for stealer in self.subs.get(port, []):
+                if stealer.session is session:
+                    stealer.gone = True
+            left = [s for s in self.subs.get(port, []) if s.session is not session]
+            if left:
+                self.subs[port] = left
+                return
+            if self.subs.pop(port, None) is not None:
+                await anyio.to_thread.run_sync(self._remove_rules, port)
+                self.drains.pop(port, Drain()).start()
+                log.info("released port %d", port)
+
+    async def drop_session(self, session: ClientSession) -> None:
+        for port in list(self.subs):
+            await self.unsubscribe(session, port)
+
+    def close(self) -> None:
+        """At the agent's exit (also on SIGTERM), after the loop: every rule goes."""
+        self.subs.clear()
+        for redirects in self.redirects:
+            redirects.close()
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        # raw accept(): a stream object would start reading, and bytes read here could
+        # not travel with a socket handed over to the client
+        listener.setblocking(False)
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS: the connection waits in the backlog; so do we
+                log.warning("stealing: accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
+                await anyio.sleep(ACCEPT_BACKOFF)
+                continue
+            assert self.state.tg is not None
+            self.state.tg.start_soon(self._handle, conn, peer)
+
+    async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            await self._serve(conn, peer)
+        except Exception:
+            log.exception("a stolen connection from %s:%s failed", *peer[:2])
+        finally:
+            # (the event loop may have closed it already, as the owner of its transport)
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            target = original_destination(conn)
+        except OSError:
+            return
+        port = target[1]
+        stealers = self.subs.get(port, [])
+        whole = [s for s in stealers if s.http_filter is None or not s.http_filter.applies_to(port)]
+        if whole and whole[0].want_fd:
+            if await hand_over(whole[0].session, conn, target, peer):
+                return
+            conn.setblocking(False)
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
+            return
+        if whole:
+            conn.setblocking(False)
+            if await deliver(whole[0].session, conn, target, peer, "steal"):
+                return
+            # its session is gone: the connection goes on to the original service
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
+            return
+        if stealers:
+            await self._filtered(conn, port, target, peer)
+        else:
+            conn.setblocking(False)
+            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
+
+    async def _pass_through(self, stream: anyio.abc.SocketStream, target: tuple[str, int]) -> None:
+        async with stream:
+            try:
+                original = await connect_unredirected(*target)
+            except OSError:
+                return
+            async with original:
+                await splice(stream, original)
+
+    async def _filtered(
+        self, conn: socket.socket, port: int, target: tuple[str, int], peer: tuple[str, int]
+    ) -> None:
+        def choose(head: RequestHead) -> Destination | None:
+            # the subscribers of now: one that left since the connection came gets no more
+            for stealer in self.subs.get(port, ()):
+                if stealer.http_filter is not None and stealer.http_filter.matches(
+                    head.method, head.path, head.headers
+                ):
+                    return _StealerDestination(stealer, target, peer)
+            return None
+
+        original = SocketDestination(
+            None, "original service", lambda: connect_socket("tcp", *target, mark=MARK)
+        )
+        drain = self.drains.setdefault(port, Drain())
+        await serve_stolen_http(conn, choose, original, drain=drain)
