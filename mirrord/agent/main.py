@@ -59,6 +59,7 @@ LAZY_PACKAGES = (
     "mirrord.targets",
     "mirrord.wire",
 )
+SKIPPED = ("__main__", "_trio", "pytest_plugin")
 LAZY_MODULES = ("encodings.idna", "uvloop", "scapy.arch.common", "scapy.data")
 
 
@@ -67,7 +68,8 @@ def preload_modules() -> None:
     for package in LAZY_PACKAGES:
         module = importlib.import_module(package)
         found = pkgutil.walk_packages(module.__path__, f"{package}.")
-        names += [i.name for i in found if not i.name.endswith("__main__")]  # those run
+        # not __main__ (it runs), nor what we never use (anyio's trio backend and pytest plugin)
+        names += [i.name for i in found if not i.name.endswith(SKIPPED)]
     for name in names:
         try:
             importlib.import_module(name)
