@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,14 @@ def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
     code = f"import sys, json; {statement}; print(json.dumps([m for m in {names!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return list(json.loads(done.stdout))
+
+
+def interrupt(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Ctrl-C for a program under mirrord, then SIGKILL if it does not end in 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

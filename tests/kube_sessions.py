@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO
+from helpers import REPO, interrupt, mirrord
 from kubernetes import client
 
 from mirrord.lab import Lab
@@ -42,13 +41,8 @@ class Staging:
         self, *args: str, timeout: float = 90, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """``python -m mirrord ARGS`` against the lab cluster, as a user runs it."""
-        return subprocess.run(
-            [sys.executable, "-m", "mirrord", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env(**(env or {})),
-            cwd=REPO,
+        return mirrord(
+            *args, timeout=timeout, env={"KUBECONFIG": str(self.kube.kubeconfig), **(env or {})}
         )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
@@ -166,13 +160,7 @@ class App:
         return [json.loads(self.proc.stdout.readline()) for _ in range(count)]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        interrupt(self.proc)
 
 
 @pytest.fixture

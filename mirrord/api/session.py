@@ -18,11 +18,9 @@ import json
 import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 from mirrord.cli.run import app_environment, read_file_vars
 from mirrord.config import ConfigError, MirrordConfig, load_config
 from mirrord.errors import MirrordError
+from mirrord.launch.processes import stop
 from mirrord.launch.start import RunningSession, start_session
 
 
@@ -138,7 +137,7 @@ class Session:
         self.deactivate()
         running, self._running = self._running, None
         if running is not None:
-            _stop(running.proxy_pid)
+            stop(running.proxy_pid)
             shutil.rmtree(running.workdir, ignore_errors=True)
 
     def __enter__(self) -> Session:
@@ -146,23 +145,6 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _stop(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM our intproxy and reap it (it is our child)."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
 
 
 class Mirror:

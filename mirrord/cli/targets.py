@@ -18,8 +18,8 @@ import click
 
 from mirrord.cli.options import session_options
 from mirrord.errors import MirrordError
+from mirrord.targets.path import KUBE_KINDS, LOCAL_KINDS
 
-LOCAL_KINDS = ("netns",)
 RICH_OUTPUT_ENV = "MIRRORD_LS_RICH_OUTPUT"
 
 
@@ -52,19 +52,7 @@ def _cluster_wanted(options: dict[str, Any], cfg: Any) -> bool:
     "--target-type",
     "types",
     multiple=True,
-    type=click.Choice(
-        [
-            "pod",
-            "deployment",
-            "rollout",
-            "statefulset",
-            "replicaset",
-            "job",
-            "cronjob",
-            "service",
-            "netns",
-        ]
-    ),
+    type=click.Choice([*KUBE_KINDS, "netns"]),  # pid/ targets are not listed
     help="only targets of this kind (repeatable)",
 )
 @click.option("-f", "--config-file", type=click.Path(path_type=Path, dir_okay=False))
@@ -147,6 +135,7 @@ def port_forward_command(
 
     from mirrord.cli.run import session_config
     from mirrord.launch.port_forward import LocalForward, PortForwarder, RemoteForward
+    from mirrord.launch.processes import alive, stop
     from mirrord.launch.start import start_session
 
     locals_ = [LocalForward.parse(text) for text in local_forwards]
@@ -185,28 +174,8 @@ def port_forward_command(
             )
         click.echo("mirrord: port-forward ready (Ctrl-C ends it)", err=True)
         while not done.wait(0.5):
-            if not _alive(session.proxy_pid):
+            if not alive(session.proxy_pid):
                 raise MirrordError("the session's intproxy is gone: the port-forward ends")
     finally:
         forwarder.close()
-        _stop_proxy(session.proxy_pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] == 0
-    except ChildProcessError:
-        return False
-
-
-def _stop_proxy(pid: int) -> None:
-    import signal
-    import time
-
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        stop(session.proxy_pid)

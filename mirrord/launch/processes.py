@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import time
 from collections import deque
@@ -87,3 +88,25 @@ def spawn_ready(
     """Start a detached helper and wait for its JSON ready line on stdout."""
     proc = spawn(argv, env, log, pass_fds)
     return proc, wait_ready(what, proc, log, timeout)
+
+
+def stop(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM a helper of ours (the intproxy) and reap it; SIGKILL if it lingers."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Is our child `pid` still running (reaping it if it is not)?"""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return False
