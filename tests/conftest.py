@@ -7,11 +7,17 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from mirrord.lab import Lab, create_lab
 
-# the Kubernetes lab's fixtures (kube_cluster, kube_ns, runtime, staging)
-pytest_plugins = ["kube_sessions"]
+# speed is for bench/, not for tests: a slow example on a loaded machine is no failure
+settings.register_profile("mirrord", deadline=None)
+settings.load_profile("mirrord")
+
+# fixtures of the native relay's tests (servers in staging, the relay's builds) and of
+# the Kubernetes lab (kube_cluster, kube_ns, runtime, staging)
+pytest_plugins = ["native_services", "kube_sessions"]
 
 
 @pytest.fixture

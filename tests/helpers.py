@@ -9,7 +9,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from mirrord.lab import Lab
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +82,21 @@ def agent_pids(target: str) -> list[int]:
     ]
 
 
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def nat_rules(lab: Lab) -> str:
+    """The staging namespace's nat table, as iptables-save prints it."""
+    return lab.run_in(lab.staging_ns, ["iptables-save", "-t", "nat"]).stdout
+
+
 def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
     """Which of `names` a fresh interpreter has in sys.modules after running `statement`
     (what an import drags into the user's app)."""
@@ -87,12 +105,12 @@ def modules_loaded(statement: str, names: tuple[str, ...]) -> list[str]:
     return list(json.loads(done.stdout))
 
 
-def interrupt(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    """Ctrl-C for a program under mirrord, then SIGKILL if it does not end in 10 s."""
+def stop_process(proc: subprocess.Popen, sig: int, timeout: float = 10) -> None:
+    """Send `sig` and wait; kill if it does not end in time."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
-            proc.wait(10)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

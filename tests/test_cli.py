@@ -86,13 +86,23 @@ def test_exec_python_and_other_programs(lab: Lab) -> None:
     proc = mirrord("exec", "-t", f"netns/{lab.staging_ns}", "--", sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == lab.backend_addr
-    # a non-Python program gets the environment, and a warning that its traffic is not intercepted
+    # any other program gets the environment, and its traffic goes through the native relay
+    script = "echo $STAGING_GREETING; curl -s http://127.0.0.1:9090/"
+    proc = mirrord("exec", "-t", f"netns/{lab.staging_ns}", "--", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["hello-from-staging", "staging-loopback"]
+    assert proc.stderr == ""
+    # without the relay (not built: no C compiler at install) it says so, and runs
     proc = mirrord(
-        "exec", "-t", f"netns/{lab.staging_ns}", "--", "sh", "-c", "echo $STAGING_GREETING"
-    )
+        "exec", "-t", f"netns/{lab.staging_ns}", "--", "sh", "-c", "echo $STAGING_GREETING",
+        env={"MIRRORD_RELAY_LIBRARY": "none"},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "hello-from-staging"
-    assert "not intercepted" in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "mirrord: warning: the native relay is not built (no C compiler when mirrord was "
+        "installed): sh gets the target's environment, but its traffic is not intercepted"
+    ]
 
 
 def test_pid_target(lab: Lab, tmp_path: Path) -> None:
@@ -228,18 +238,25 @@ def test_version() -> None:
 def test_a_program_whose_layer_never_connects_gets_one_warning(
     program: list[str], reason: str
 ) -> None:
-    proc = mirrord("exec", "--", *program)
+    # without the native relay (not built), nothing of such a program reaches the intproxy
+    proc = mirrord("exec", "--", *program, env={"MIRRORD_RELAY_LIBRARY": "none"})
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "no mirrord layer connected" in line]
     assert len(warnings) == 1, proc.stderr
     assert reason in warnings[0]
+    # with it, the relay is its layer: its traffic does go through the target
+    proc = mirrord("exec", "--", *program)
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_a_program_that_is_not_python_is_warned_about_once() -> None:
-    proc = mirrord("exec", "--", "sh", "-c", "sleep 4")
+    proc = mirrord("exec", "--", "sh", "-c", "sleep 4", env={"MIRRORD_RELAY_LIBRARY": "none"})
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stderr.splitlines()
-    assert "sh is not a Python interpreter" in line
+    assert "sh gets the target's environment, but its traffic is not intercepted" in line
+    # with the native relay it is intercepted: nothing to say
+    proc = mirrord("exec", "--", "sh", "-c", "sleep 4")
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_a_python_program_with_its_layer_gets_no_warning() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import REPO, agent_pids, mirrord, wait_gone
+from helpers import REPO, agent_pids, mirrord, stop_process, wait_gone
 
 from mirrord.lab import Lab
 
@@ -162,13 +162,7 @@ class App:
         return seen
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT)
 
 
 @pytest.fixture
@@ -494,3 +488,19 @@ def test_a_large_mirrored_body_reaches_the_app_whole(lab: Lab, tmp_path: Path, s
     assert reply.text == "staging-service"
     (seen,) = app.seen(1, timeout=60)
     assert seen["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_a_connection_open_when_the_steal_ends_keeps_being_answered(
+    lab: Lab, tmp_path: Path, start_app
+) -> None:
+    # the REDIRECT rules stay while their connections live: deleting one makes the kernel
+    # stop translating the replies of connections it redirected (they would hang)
+    app = start_app(SERVERS["http.server"], "-f", header_steal(tmp_path, "x-dev", "alice"))
+    url = f"http://{lab.staging_addr}:8080/"
+    with requests.Session() as everyone:  # one kept-alive connection, through the agent
+        assert everyone.get(url, timeout=10).text == "staging-service"
+        app.stop()
+        # the port is released: new connections go straight to the staging service
+        assert wait_for(lambda: "-j RETURN" in nat_rules(lab))
+        assert everyone.get(url, timeout=10).text == "staging-service"
+    assert requests.get(url, timeout=10).text == "staging-service"

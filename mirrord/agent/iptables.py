@@ -104,6 +104,7 @@ class Redirects:
         self.tool = tool
         self.chain = chain_name(os.getpid())
         self.ports: set[int] = set()
+        self.released: set[int] = set()  # ports whose new connections go past us again
         self._created = False
 
     def _rule(self, port: int) -> tuple[str, ...]:
@@ -118,16 +119,26 @@ class Redirects:
             self._created = True
             for hook, *rule in _jumps(self.chain):
                 _iptables("-I", hook, "1", *rule, tool=self.tool)
+        if port in self.released:
+            _iptables("-D", self.chain, *self._past_us(port), check=False, tool=self.tool)
+            self.released.discard(port)
         if port not in self.ports:
             _iptables("-A", self.chain, *self._rule(port), tool=self.tool)
             self.ports.add(port)
 
-    def remove(self, port: int) -> None:
-        if port in self.ports:
-            _iptables("-D", self.chain, *self._rule(port), check=False, tool=self.tool)
-            self.ports.discard(port)
-        if not self.ports:
-            self.close()
+    def _past_us(self, port: int) -> tuple[str, ...]:
+        return ("-p", "tcp", "--dport", str(port), "--syn", "-j", "RETURN")
+
+    def release(self, port: int) -> None:
+        """New connections to `port` go to the original service again.
+
+        The REDIRECT rule itself stays until the agent exits: connections it redirected
+        already (relayed by us, or handed over to an app) need it, because deleting it
+        makes the kernel stop translating their replies (seen with iptables-nft: an open
+        connection then hangs). A RETURN before it sends new connections past it."""
+        if port in self.ports and port not in self.released:
+            _iptables("-I", self.chain, "1", *self._past_us(port), tool=self.tool)
+            self.released.add(port)
 
     def close(self) -> None:
         """Remove every rule and the chain (idempotent)."""
@@ -135,3 +146,4 @@ class Redirects:
             _remove_chain(self.chain, self.tool)
             self._created = False
             self.ports.clear()
+            self.released.clear()

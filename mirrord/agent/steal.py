@@ -29,7 +29,7 @@ from mirrord.agent.iptables import MARK, IptablesError, Redirects
 from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession
 from mirrord.http.head import RequestHead
-from mirrord.wire.mux import splice
+from mirrord.wire.splice import splice_sockets
 
 log = logging.getLogger("mirrord.agent")
 
@@ -49,12 +49,6 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port
-
-
-async def connect_unredirected(host: str, port: int) -> anyio.abc.SocketStream:
-    """A connection to the original service that our own OUTPUT rule lets through."""
-    sock = await connect_socket("tcp", host, port, mark=MARK)
-    return await anyio.abc.SocketStream.from_socket(sock)
 
 
 #: Pause of the stealing listener after accept() failed (EMFILE: out of descriptors).
@@ -276,9 +270,9 @@ class StealService:
             except IptablesError as exc:
                 log.info("port %d: no IPv6 stealing: %s", port, exc)
 
-    def _remove_rules(self, port: int) -> None:
+    def _release_rules(self, port: int) -> None:
         for redirects in self.redirects:
-            redirects.remove(port)
+            redirects.release(port)
 
     async def unsubscribe(self, session: ClientSession, port: int) -> None:
         async with self._rules:
@@ -290,7 +284,7 @@ class StealService:
                 self.subs[port] = left
                 return
             if self.subs.pop(port, None) is not None:
-                await anyio.to_thread.run_sync(self._remove_rules, port)
+                await anyio.to_thread.run_sync(self._release_rules, port)
                 self.drains.pop(port, Drain()).start()
                 log.info("released port %d", port)
 
@@ -323,50 +317,50 @@ class StealService:
             self.state.tg.start_soon(self._handle, conn, peer)
 
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        handed_on = False
         try:
-            await self._serve(conn, peer)
+            handed_on = await self._serve(conn, peer)
         except Exception:
             log.exception("a stolen connection from %s:%s failed", *peer[:2])
         finally:
-            # (the event loop may have closed it already, as the owner of its transport)
-            with contextlib.suppress(OSError):
-                conn.close()
+            # a socket given to a transport is the event loop's to close: closing its
+            # number again could close whatever connection was given that number since
+            if not handed_on:
+                with contextlib.suppress(OSError):
+                    conn.close()
 
-    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    async def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        """Serve one stolen connection; True if its socket now belongs to someone else (a
+        client's Mux)."""
         try:
             target = original_destination(conn)
         except OSError:
-            return
+            return False
         port = target[1]
         stealers = self.subs.get(port, [])
         whole = [s for s in stealers if s.http_filter is None or not s.http_filter.applies_to(port)]
         if whole and whole[0].want_fd:
             if await hand_over(whole[0].session, conn, target, peer):
-                return
-            conn.setblocking(False)
-            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
-            return
+                return False  # the client holds its own copy now; ours is to close
+            return await self._pass_through(conn, target)
         if whole:
-            conn.setblocking(False)
             if await deliver(whole[0].session, conn, target, peer, "steal"):
-                return
+                return True
             # its session is gone: the connection goes on to the original service
-            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
-            return
+            return await self._pass_through(conn, target)
         if stealers:
             await self._filtered(conn, port, target, peer)
-        else:
-            conn.setblocking(False)
-            await self._pass_through(await anyio.abc.SocketStream.from_socket(conn), target)
+            return True
+        return await self._pass_through(conn, target)
 
-    async def _pass_through(self, stream: anyio.abc.SocketStream, target: tuple[str, int]) -> None:
-        async with stream:
-            try:
-                original = await connect_unredirected(*target)
-            except OSError:
-                return
-            async with original:
-                await splice(stream, original)
+    async def _pass_through(self, conn: socket.socket, target: tuple[str, int]) -> bool:
+        """On to the original service, joined on loop callbacks; True once joined."""
+        try:
+            original = await connect_socket("tcp", *target, mark=MARK)
+        except OSError:
+            return False
+        await splice_sockets(conn, original)
+        return True
 
     async def _filtered(
         self, conn: socket.socket, port: int, target: tuple[str, int], peer: tuple[str, int]

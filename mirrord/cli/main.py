@@ -58,14 +58,11 @@ def run_python(module: str | None, script_and_args: tuple[str, ...], **options: 
 def exec_command(command: tuple[str, ...], **options: Any) -> None:
     """Run any program with mirrord: `mirrord exec [options] -- program [args]`."""
     from mirrord.cli.run import run_in_session
-    from mirrord.launch.program import is_python
+    from mirrord.launch.native import exec_warning
 
-    if not is_python(command[0]):
-        click.echo(
-            f"mirrord: warning: {command[0]} is not a Python interpreter: it gets the target's "
-            "environment, but its traffic is not intercepted (that needs the native relay)",
-            err=True,
-        )
+    warning = exec_warning(command[0])
+    if warning:
+        click.echo(f"mirrord: warning: {warning}", err=True)
     run_in_session(list(command), options)
 
 

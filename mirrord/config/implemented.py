@@ -63,6 +63,9 @@ IMPLEMENTED: tuple[KeyPath, ...] = (
     ),
     ("kubeconfig",),
     ("kube_context",),
+    ("skip_processes",),  # the native relay and the Python layer stay out of those
+    ("skip_build_tools",),
+    ("skip_extra_build_tools",),
 )
 # `true`/`false` on these sections only switches implemented things on or off.
 IMPLEMENTED_TOGGLES: tuple[KeyPath, ...] = (

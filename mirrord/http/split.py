@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import h11
 
 from mirrord.http.head import RequestHead, buffered_bytes
+from mirrord.http.sniff import sniff
 
 #: Largest request head followed (h11's own default of 16 KiB is small for cookies).
 MAX_HEAD = 65536
@@ -55,6 +56,7 @@ class RequestStream:
     def __init__(self) -> None:
         self._pending = bytearray()  # bytes fed and not handed out yet (h11 has them too)
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self._in_request = False  # its head was handed out, its end not yet
 
     def leftover(self) -> bytes:
         """What was fed but not handed out in a part yet."""
@@ -66,6 +68,9 @@ class RequestStream:
         if not data:
             return []  # (h11 would read an empty feed as the end of the stream)
         self._pending += data
+        # before a head is whole, its first line already tells another protocol
+        if not self._in_request and sniff(self._pending) is False:
+            raise NotHttp("not an HTTP/1.x request line")
         self._conn.receive_data(data)
         parts: list[RequestPart] = []
         while True:
@@ -80,10 +85,12 @@ class RequestStream:
             raw = self._take()
             if isinstance(event, h11.Request):
                 parts.append(RequestStart(RequestHead.from_h11(event), raw))
+                self._in_request = True
             elif isinstance(event, h11.Data):
                 parts.append(RequestBody(raw))
             elif isinstance(event, h11.EndOfMessage):
                 parts.append(RequestEnd(raw))
+                self._in_request = False
                 # a fresh parser per request: we never answer, so h11 would not move on
                 rest = bytes(self._pending)
                 self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)

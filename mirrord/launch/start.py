@@ -15,7 +15,7 @@ from typing import Protocol
 
 from mirrord.client.proxy import ProxyClient, ProxyUnavailable
 from mirrord.config import MirrordConfig
-from mirrord.errors import MirrordError
+from mirrord.errors import MirrordError, NotRoot, TargetNotFound
 from mirrord.kube.client import PENDING_AGENT
 from mirrord.launch.hook import LAYER_PATH_ENV, layer_path
 from mirrord.launch.kube_agent import KubeAgentHandle, access_of, kube_agent_for, uses_cluster
@@ -68,9 +68,9 @@ def check_target(target: str) -> LocalTarget:
     try:
         parsed = LocalTarget.parse(target)
     except TargetError as exc:
-        raise MirrordError(str(exc)) from None
+        raise TargetNotFound(str(exc)) from None
     if parsed.kind != "targetless" and os.geteuid() != 0:
-        raise MirrordError(f"target {target} needs root to enter its namespaces: run with sudo")
+        raise NotRoot(f"target {target} needs root to enter its namespaces: run with sudo")
     return parsed
 
 
@@ -111,14 +111,14 @@ def start_session(
         try:
             parse_kube_target(target)
         except TargetError as exc:
-            raise MirrordError(str(exc)) from None
+            raise TargetNotFound(str(exc)) from None
         progress = progress or Progress()
     else:
         if target_kind(target) not in (*LOCAL_KINDS, "targetless"):
             try:
                 parse_kube_target(target)  # says which kinds there are
             except TargetError as exc:
-                raise MirrordError(str(exc)) from None
+                raise TargetNotFound(str(exc)) from None
         check_target(target)
         progress = progress or NoProgress()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}

@@ -13,6 +13,12 @@ from mirrord.layer.context import Context
 from mirrord.layer.dns import DnsPatches
 from mirrord.layer.files import FilePatches
 from mirrord.layer.incoming import IncomingPatches
+from mirrord.layer.native_bridge import (
+    RELAY_SKIPPED,
+    beside_relay,
+    relay_state,
+    stand_relay_down,
+)
 from mirrord.layer.patching import PatchFamily
 from mirrord.layer.sockets import SocketPatches
 from mirrord.settings import debugger
@@ -28,22 +34,25 @@ class Layer:
     ) -> None:
         self.context = Context(settings, client, debugger)
         dns = DnsPatches(self.context)
-        self.families: list[PatchFamily] = [
+        all_families: list[PatchFamily] = [
             dns,
             SocketPatches(self.context, dns),
             IncomingPatches(self.context),
             FilePatches(self.context),
         ]
+        # a debugger's sockets are told apart by Python frames: the Python layer keeps them
+        self.families = beside_relay(all_families, keep_sockets=bool(self.context.debugger))
         self._fork_hook = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Layer | None:
         """The session the CLI described in the environment, or None outside mirrord."""
         path = env.get(SOCKET_ENV)
-        if not path:
+        if not path or relay_state() == RELAY_SKIPPED:
             return None
         argv = _command_line()
         if debugger.is_debugger_helper(argv):
+            stand_relay_down()
             return None  # a debugger's own process: the developer's, never the target's
         settings = LayerSettings.from_json(env.get(SETTINGS_ENV, ""))
         ports = debugger.from_process(argv, os.environ)

@@ -29,7 +29,8 @@ class SendCredit:
         return self._left.get(conn, 0)
 
     def spend(self, conn: int, amount: int) -> None:
-        self._left[conn] -= amount
+        if conn in self._left:  # (a connection forgotten meanwhile spends nothing)
+            self._left[conn] -= amount
 
     def grant(self, conn: int, amount: int) -> None:
         if conn in self._left:

@@ -23,7 +23,7 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.listeners import Listeners
 from mirrord.proxy.mirror_to_app import MirrorToApp
 from mirrord.wire.connect import connect
-from mirrord.wire.mux import splice
+from mirrord.wire.splice import splice_sockets
 
 log = logging.getLogger("mirrord.proxy")
 #: Accepted connections whose origin the layers may still ask about.
@@ -126,23 +126,25 @@ class IncomingRouter:
         # clients of an IPv4 listener are relayed); an offered fd belongs to the origin
         origin = _Origin(_info(msg), fd if family == app_family else None)
         owned: int | None = None if origin.fd is not None else fd
+        app: socket.socket | None = None
         try:
             app = await self._connect_app(msg, origin)
             if app is None:
                 return
-            async with await anyio.abc.SocketStream.from_socket(app) as stream:
-                if owned is None:
-                    with anyio.move_on_after(CLAIM_TIMEOUT):
-                        await origin.claimed.wait()  # (the app may have claimed it already)
-                    if origin.claimed.is_set():
-                        return  # the app holds the stolen socket; ours was a stand-in
-                    owned, origin.fd = origin.fd, None
-                assert owned is not None
-                relay_sock, owned = socket.socket(fileno=owned), None
-                stolen = await anyio.abc.SocketStream.from_socket(relay_sock)
-                async with stolen:
-                    await splice(stream, stolen)
+            if owned is None:
+                with anyio.move_on_after(CLAIM_TIMEOUT):
+                    await origin.claimed.wait()  # (the app may have claimed it already)
+                if origin.claimed.is_set():
+                    return  # the app holds the stolen socket; ours was a stand-in
+                owned, origin.fd = origin.fd, None
+            assert owned is not None
+            stolen, owned = socket.socket(fileno=owned), None
+            joined: socket.socket = app
+            app = None  # splice_sockets closes both
+            await splice_sockets(joined, stolen)
         finally:
+            if app is not None:
+                app.close()
             for leftover in (owned, origin.fd):
                 if leftover is not None:
                     os.close(leftover)

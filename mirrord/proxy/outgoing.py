@@ -22,7 +22,8 @@ from mirrord.protocol import Connect, Connected, Message
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.wire.link import Link
-from mirrord.wire.mux import RelayUdpPipe, linger_zero, splice
+from mirrord.wire.mux import RelayUdpPipe, linger_zero
+from mirrord.wire.splice import splice_sockets
 
 log = logging.getLogger("mirrord.proxy")
 #: How long a relay address waits for the app's connect before the remote side is dropped.
@@ -120,10 +121,7 @@ class Outgoing:
             return
         if fd is not None:
             # a local agent handed over its socket: our end of the relay carries it
-            app_stream = await anyio.abc.SocketStream.from_socket(app)
-            remote = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=fd))
-            async with app_stream, remote:
-                await splice(app_stream, remote)
+            await splice_sockets(app, socket.socket(fileno=fd))
         elif isinstance(reply, Connected):
             await self.agent.mux.attach_socket(reply.conn, app)
         else:

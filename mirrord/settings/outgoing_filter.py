@@ -274,6 +274,16 @@ class OutgoingFilter:
         """
         return _normalise_name(name) in self._local_names
 
+    def index(self, proto: str) -> _Compiled:
+        """The compiled entries of one protocol, as `matches` looks them up (the native
+        relay's decision table is written from them)."""
+        return self._by_proto[proto]
+
+    @property
+    def local_names(self) -> frozenset[str]:
+        """The names `name_is_local` knows."""
+        return self._local_names
+
     def __repr__(self) -> str:
         return f"OutgoingFilter(mode={self.mode!r}, entries={[e.text for e in self.entries]!r})"
 

@@ -4,6 +4,7 @@ socket run by loop callbacks, or a Pipe run by two tasks."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 from collections import deque
@@ -16,6 +17,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mirrord.protocol import Close, Credit, Eof
 from mirrord.protocol.messages import MAX_CHUNK
 from mirrord.wire.pipes import Pipe, linger_zero
+
+log = logging.getLogger("mirrord")
 
 if TYPE_CHECKING:
     from mirrord.wire.mux import Mux
@@ -273,9 +276,15 @@ class Pumped:
 
     async def run(self) -> None:
         with self.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump_out)
-                tg.start_soon(self._pump_in)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._pump_out)
+                    tg.start_soon(self._pump_in)
+            except Exception:
+                # a bug in one connection's pipe must cost that connection, not the link
+                log.exception("relayed connection %d failed", self.conn)
+                self._reset_from_here()
+                return
         if self.mux.forget(self.conn, self):
             self.inbox.close()
             await self._close_pipe(False)

@@ -25,9 +25,9 @@ from mirrord.protocol import Close, Credit, Data, Eof, Message
 from mirrord.protocol.flow import ReceiveCredit, SendCredit
 from mirrord.wire.ends import GONE, End, Pumped, SocketEnd, Waiting, is_datagram
 from mirrord.wire.link import Link
-from mirrord.wire.pipes import ConnectedUdpPipe, Pipe, RelayUdpPipe, TcpPipe, linger_zero, splice
+from mirrord.wire.pipes import ConnectedUdpPipe, Pipe, RelayUdpPipe, TcpPipe, linger_zero
 
-__all__ = ["ConnectedUdpPipe", "Mux", "Pipe", "RelayUdpPipe", "TcpPipe", "linger_zero", "splice"]
+__all__ = ["ConnectedUdpPipe", "Mux", "Pipe", "RelayUdpPipe", "TcpPipe", "linger_zero"]
 
 
 class Mux:

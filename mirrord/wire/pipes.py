@@ -1,5 +1,5 @@
 """Local ends of relayed connections that are not plain sockets (UDP, streams), as
-Pipes with async receive/send; and splicing two byte streams."""
+Pipes with async receive/send."""
 
 from __future__ import annotations
 
@@ -102,19 +102,3 @@ def linger_zero(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
-
-
-async def splice(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
-    """Copy both ways until both sides are done; half-closes travel along."""
-
-    async def copy(src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
-        try:
-            async for chunk in src:
-                await dst.send(chunk)
-            await dst.send_eof()  # type: ignore[attr-defined]
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(copy, a, b)
-        tg.start_soon(copy, b, a)

@@ -41,7 +41,17 @@ async def accept_forever(
                 log.warning("cannot accept a connection: %s; retrying", exc.strerror)
                 await anyio.sleep(ACCEPT_BACKOFF)
                 continue
-            tg.start_soon(handle, conn)
+            tg.start_soon(_isolated, handle, conn)
+
+
+async def _isolated(
+    handle: Callable[[socket.socket], Coroutine[Any, Any, None]], conn: socket.socket
+) -> None:
+    """One connection's failure is logged and ends that connection alone."""
+    try:
+        await handle(conn)
+    except Exception:
+        log.exception("a served connection failed")
 
 
 class Session(Protocol):
