@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO, interrupt, mirrord
+from helpers import REPO, mirrord, stop_process
 from kubernetes import client
 
 from mirrord.lab import Lab
@@ -160,7 +161,7 @@ class App:
         return [json.loads(self.proc.stdout.readline()) for _ in range(count)]
 
     def stop(self) -> None:
-        interrupt(self.proc)
+        stop_process(self.proc, signal.SIGINT)
 
 
 @pytest.fixture

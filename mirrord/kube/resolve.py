@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrord.errors import TargetNotFound
 from mirrord.kube.errors import KubeError, call
 from mirrord.kube.rest import Rest, path
 from mirrord.targets.path import KubeTarget
@@ -65,6 +66,10 @@ class TargetNotReady(KubeError):
     pass
 
 
+class KubeTargetNotFound(KubeError, TargetNotFound):
+    """The target's object does not exist in its namespace."""
+
+
 #: Where each kind of workload lives in the API: group/version and plural.
 WORKLOADS = {
     "pod": ("v1", "pods"),
@@ -108,7 +113,9 @@ def _read(rest: Rest, target: KubeTarget, namespace: str) -> dict[str, Any]:
         return dict(call(f"get {target}", rest.get, path(group, namespace, plural, target.name)))
     except KubeError as exc:
         if exc.status == 404:
-            raise KubeError(f"target {target} not found in namespace {namespace}", 404) from None
+            raise KubeTargetNotFound(
+                f"target {target} not found in namespace {namespace}", 404
+            ) from None
         raise
 
 
