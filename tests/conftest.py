@@ -15,8 +15,9 @@ from mirrord.lab import Lab, create_lab
 settings.register_profile("mirrord", deadline=None)
 settings.load_profile("mirrord")
 
-# fixtures of the native relay's tests: servers in staging, the relay's builds
-pytest_plugins = ["native_services"]
+# fixtures of the native relay's tests (servers in staging, the relay's builds) and of
+# the Kubernetes lab (kube_cluster, kube_ns, runtime, staging)
+pytest_plugins = ["native_services", "kube_sessions"]
 
 
 @pytest.fixture

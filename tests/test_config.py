@@ -699,15 +699,12 @@ def test_unimplemented_keys_are_accepted_and_listed(tmp_path: Path) -> None:
         "experimental": {"trust_any_certificate": True},
     }
     cfg = load(write(tmp_path, "m.json", tree), {"MIRRORD_AGENT_NAMESPACE": "other"})
+    # agent.* and kubeconfig: the agent pod of Kubernetes targets
     assert cfg.unimplemented_keys == [
-        "agent.image.registry",
-        "agent.image.tag",
-        "agent.namespace",
         "experimental.trust_any_certificate",
         "feature.copy_target",
         "feature.network.ipv6",
         "feature.network.outgoing.unix_streams",
-        "kubeconfig",
         "operator",
     ]
 
@@ -753,7 +750,8 @@ def test_mirrords_documented_example_loads(tmp_path: Path) -> None:
     del example["agent"]["network_interface"]  # type: ignore[attr-defined]
     cfg = load(write(tmp_path, "m.json", example))
     assert cfg.agent.ttl == 30
-    assert "agent.image" in cfg.unimplemented_keys
+    assert "agent.image" not in cfg.unimplemented_keys  # the agent pod's image
+    assert "agent.json_log" in cfg.unimplemented_keys
 
 
 # ---------------------------------------------------------------------- layer settings

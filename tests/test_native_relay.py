@@ -5,6 +5,7 @@ and real programs with the library preloaded facing a missing or misbehaving int
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import socket
@@ -473,6 +474,9 @@ class FakeIntproxy:
             return None
         if self.mode == "garbage":
             return struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1"
+        if self.mode == "agent-gone":  # what the intproxy answers once its agent link ended
+            return encode(RequestFailed(req=getattr(msg, "req", 0), kind="os", errno=errno.ECONNABORTED,
+                                        message=f"mirrord: no connection to the agent ({AGENT_GONE})"))  # fmt: skip
         if isinstance(msg, Connect):
             return encode(Connected(req=msg.req, conn=1, local_host="127.0.0.1", local_port=self.relay_port,
                                     remote_host=msg.host, remote_port=msg.port))  # fmt: skip
@@ -609,6 +613,37 @@ def test_a_broken_intproxy_fails_calls_with_one_line(
         "hang-up": "the intproxy closed the link",
     }[mode]
     assert line == f"mirrord: {reason}: intercepted calls fail"
+
+
+AGENT_GONE = "the port-forward to pod staging/mirrord-agent-x port 4000 ended: EOF"
+
+
+def test_a_lost_agent_fails_calls_with_errno_and_one_line_that_says_why(
+    relay_builds: dict[str, Path], tmp_path: Path, echo_server: int
+) -> None:
+    proxy = FakeIntproxy(tmp_path / "proxy.sock", echo_server, "agent-gone")
+    code = """
+        import errno, socket
+        for _ in range(3):
+            try:
+                socket.getaddrinfo("svc.test", 80)
+            except socket.gaierror as exc:
+                print("gai", exc.errno == socket.EAI_AGAIN)
+            try:
+                socket.create_connection(("198.18.250.1", 80), timeout=5)
+            except OSError as exc:
+                print("connect", exc.errno == errno.ECONNABORTED)
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env=relay_env(relay_builds, proxy.path), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert proc.stdout.split() == ["gai", "True", "connect", "True"] * 3, proc.stderr[-3000:]
+    # the app gets errno only: the reason is told once, however many calls fail
+    assert proc.stderr.splitlines() == [f"mirrord: no connection to the agent ({AGENT_GONE})"]
 
 
 def test_outside_a_session_the_relay_does_nothing(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import subprocess
 
 from mirrord.system.procfs import process_start
@@ -53,26 +54,25 @@ def _iptables(*args: str, check: bool = True, tool: str = "iptables") -> str:
 
 
 def _jumps(chain: str) -> list[tuple[str, ...]]:
+    # OUTPUT: only connections to the target itself (its loopback, its own addresses);
+    # its connections to other hosts on a stolen port number are its own business
+    local = ("-m", "addrtype", "--dst-type", "LOCAL")
     return [
         ("PREROUTING", "-j", chain),
-        ("OUTPUT", "-m", "mark", "!", "--mark", str(MARK), "-j", chain),
+        ("OUTPUT", *local, "-m", "mark", "!", "--mark", str(MARK), "-j", chain),
     ]
 
 
 def _remove_chain(chain: str, tool: str) -> None:
-    for hook, *rule in _jumps(chain):
-        # a crashed predecessor may have inserted a jump more than once
-        for _ in range(10):
-            if not _has_jump(hook, chain, tool):
-                break
-            _iptables("-D", hook, *rule, check=False, tool=tool)
+    # every jump to it, as iptables lists it: also those of an older agent's rule shape,
+    # and a crashed predecessor may have inserted one more than once
+    for hook in ("PREROUTING", "OUTPUT"):
+        for line in _iptables("-S", hook, check=False, tool=tool).splitlines():
+            words = shlex.split(line)
+            if words[:2] == ["-A", hook] and words[-2:] == ["-j", chain]:
+                _iptables("-D", hook, *words[2:], check=False, tool=tool)
     _iptables("-F", chain, check=False, tool=tool)
     _iptables("-X", chain, check=False, tool=tool)
-
-
-def _has_jump(hook: str, chain: str, tool: str) -> bool:
-    listing = _iptables("-S", hook, check=False, tool=tool)
-    return any(f"-j {chain}" in line for line in listing.splitlines())
 
 
 def remove_stale_chains() -> list[str]:

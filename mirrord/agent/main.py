@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
+import pkgutil
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from mirrord.agent.iptables import IptablesError, remove_stale_chains
 from mirrord.agent.server import serve
 from mirrord.agent.session import AgentState
 from mirrord.process.lifecycle import announce_ready, begin, run_loop, take_secrets
+from mirrord.targets.container import ContainerTarget
 from mirrord.targets.local import LocalTarget, TargetError, read_environ
 
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
@@ -43,6 +46,37 @@ def parse_listen(text: str) -> socket.socket:
     return sock
 
 
+#: Imported on demand (by the features, by anyio itself): a container's mount namespace
+#: does not have our files, so a container target loads all of it before entering.
+LAZY_PACKAGES = (
+    "anyio",
+    "h11",
+    "mirrord.agent",
+    "mirrord.http",
+    "mirrord.process",
+    "mirrord.protocol",
+    "mirrord.system",
+    "mirrord.targets",
+    "mirrord.wire",
+)
+SKIPPED = ("__main__", "_trio", "pytest_plugin")
+LAZY_MODULES = ("encodings.idna", "uvloop", "scapy.arch.common", "scapy.data")
+
+
+def preload_modules() -> None:
+    names = list(LAZY_MODULES)
+    for package in LAZY_PACKAGES:
+        module = importlib.import_module(package)
+        found = pkgutil.walk_packages(module.__path__, f"{package}.")
+        # not __main__ (it runs), nor what we never use (anyio's trio backend and pytest plugin)
+        names += [i.name for i in found if not i.name.endswith(SKIPPED)]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # optional here (uvloop, scapy, anyio's trio backend): done without
+
+
 def describe(sock: socket.socket) -> str:
     addr = sock.getsockname()
     return f"unix:{addr}" if sock.family == socket.AF_UNIX else f"{addr[0]}:{addr[1]}"
@@ -53,10 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="targetless")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--idle-timeout", type=float, default=5.0)
+    parser.add_argument(
+        "--first-client-timeout",
+        type=float,
+        default=None,
+        help="how long to wait for the first client (default: the idle timeout)",
+    )
     args = begin("agent", parser, argv)
     (token,) = take_secrets("agent", TOKEN_ENV)
     try:
-        target = LocalTarget.parse(args.target)
+        target: LocalTarget | ContainerTarget
+        if args.target.startswith("container/"):
+            target = ContainerTarget.parse(args.target)
+            # our own files are not where the target's mounts are: load what we use later
+            preload_modules()
+        else:
+            target = LocalTarget.parse(args.target)
         pid = target.process()
         # read the environment before entering the target's mounts (and its /proc)
         env = read_environ(pid) if pid else {}
@@ -65,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TargetError, OSError) as exc:
         print(f"mirrord agent: {exc}", file=sys.stderr)
         return 1
-    state = AgentState(token=token, env=env, idle_timeout=args.idle_timeout)
+    state = AgentState(
+        token=token,
+        env=env,
+        idle_timeout=args.idle_timeout,
+        first_client_timeout=args.first_client_timeout,
+    )
     _remove_stale_rules()
     address = describe(listen_sock)
     socket_inode = os.stat(address[5:]).st_ino if address.startswith("unix:") else 0

@@ -24,6 +24,7 @@ FEATURES: list[type[Feature]] = [OutgoingFeature, IncomingFeature, FilesFeature]
 
 async def handle_client(state: AgentState, sock: socket.socket) -> None:
     state.clients += 1
+    state.ever_connected = True
     state.last_change = time.monotonic()
 
     def open_session(link: Link, tg: anyio.abc.TaskGroup, peer: str) -> ClientSession:
@@ -45,7 +46,10 @@ async def serve(listener: socket.socket, state: AgentState) -> None:
         while True:
             await anyio.sleep(0.1)
             idle = time.monotonic() - state.last_change
-            if state.clients == 0 and idle >= state.idle_timeout:
+            limit = state.idle_timeout
+            if not state.ever_connected and state.first_client_timeout is not None:
+                limit = state.first_client_timeout
+            if state.clients == 0 and idle >= limit:
                 log.info("no client for %.1fs: exiting", idle)
                 tg.cancel_scope.cancel()
                 return

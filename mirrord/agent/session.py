@@ -31,7 +31,10 @@ class AgentState:
     token: str
     env: dict[str, str]
     idle_timeout: float
+    #: before anyone connected (a cluster agent waits for its port-forward); None: idle_timeout
+    first_client_timeout: float | None = None
     clients: int = 0
+    ever_connected: bool = False
     last_change: float = field(default_factory=time.monotonic)
     next_conn: int = 1
     #: features keep agent-wide state here (e.g. who subscribed to which port)

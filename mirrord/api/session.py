@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +34,7 @@ from mirrord.api.remote import OwnedClient, TargetIO
 from mirrord.config import ConfigError, MirrordConfig, load_config
 from mirrord.errors import AgentFailed, ConfigInvalid, MirrordError, NotRoot, TargetNotFound
 from mirrord.launch.environment import app_environment, read_file_vars
+from mirrord.launch.processes import stop
 from mirrord.launch.start import RunningSession, start_session
 
 if TYPE_CHECKING:
@@ -105,7 +104,10 @@ class Session:
                 try:
                     file_vars = read_file_vars(self.config)
                     self._running = start_session(
-                        self.target, self.config.layer_settings(), log_level=self.log_level
+                        self.target,
+                        self.config.layer_settings(),
+                        config=self.config,
+                        log_level=self.log_level,
                     )
                     self._env = app_environment(self.config, self._running, os.environ, file_vars)
                 except (TargetNotFound, NotRoot, ConfigInvalid):
@@ -156,7 +158,7 @@ class Session:
                 self._layer = None
             running, self._running = self._running, None
         if running is not None:
-            _stop(running.proxy_pid)
+            stop(running.proxy_pid)
             shutil.rmtree(running.workdir, ignore_errors=True)
 
     def __enter__(self) -> Session:
@@ -424,20 +426,3 @@ def _replace_environ(values: Mapping[str, str]) -> None:
     for name, value in values.items():
         if os.environ.get(name) != value:
             os.environ[name] = value
-
-
-def _stop(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM our intproxy and reap it (it is our child)."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ import click
 from mirrord import __version__
 from mirrord.cli.config_commands import schema_command, verify_config_command
 from mirrord.cli.options import session_options
+from mirrord.cli.targets import ls_command, port_forward_command
 from mirrord.errors import MirrordError
 
 
@@ -94,6 +95,8 @@ def demo_command(keep: bool) -> None:
     sys.exit(run_demo(keep=keep))
 
 
+cli.add_command(ls_command)
+cli.add_command(port_forward_command)
 cli.add_command(verify_config_command)
 cli.add_command(schema_command)
 

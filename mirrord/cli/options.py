@@ -20,7 +20,23 @@ _FS_MODES = {
 
 def session_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
-        click.option("-t", "--target", help="pid/PID, netns/NAME or targetless"),
+        click.option(
+            "-t",
+            "--target",
+            help="pod/NAME[/container/C], deployment/NAME, statefulset/, rollout/, replicaset/, "
+            "job/, cronjob/, service/, pid/PID, netns/NAME or targetless",
+        ),
+        click.option(
+            "-n", "--target-namespace", help="the target's Kubernetes namespace (target.namespace)"
+        ),
+        click.option("-a", "--agent-namespace", help="where the agent pod runs (agent.namespace)"),
+        click.option("--context", help="kubeconfig context to use (kube_context)"),
+        click.option(
+            "-e",
+            "--ephemeral-container",
+            is_flag=True,
+            help="run the agent as an ephemeral container of the target pod (agent.ephemeral)",
+        ),
         click.option(
             "-f",
             "--config-file",
@@ -73,6 +89,14 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if options.get("target"):
         result["target"] = options["target"]
+    if options.get("target_namespace"):
+        result["target.namespace"] = options["target_namespace"]
+    if options.get("agent_namespace"):
+        result["agent.namespace"] = options["agent_namespace"]
+    if options.get("context"):
+        result["kube_context"] = options["context"]
+    if options.get("ephemeral_container"):
+        result["agent.ephemeral"] = True
     if options.get("no_remote_dns"):
         result["feature.network.dns.enabled"] = False
     if options.get("no_outgoing") or options.get("no_tcp_outgoing"):

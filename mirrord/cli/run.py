@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mirrord.config import ConfigError, load_config
+from mirrord.config import ConfigError, MirrordConfig, load_config
 from mirrord.config.verify import verify_config
 from mirrord.errors import MirrordError
 from mirrord.launch.environment import app_environment, read_file_vars
@@ -20,8 +20,8 @@ def _warn(message: str) -> None:
     print(f"mirrord: warning: {message}", file=sys.stderr)
 
 
-def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
-    """Start the session, build the app's environment, and become the app."""
+def session_config(options: dict[str, Any]) -> MirrordConfig:
+    """The config a session runs with (file < env < flags), its warnings printed."""
     from mirrord.cli.options import overrides_from
 
     try:
@@ -35,6 +35,12 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
             "these config keys are not implemented yet and are ignored: "
             + ", ".join(cfg.unimplemented_keys)
         )
+    return cfg
+
+
+def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
+    """Start the session, build the app's environment, and become the app."""
+    cfg = session_config(options)
     program = shutil.which(argv[0]) or argv[0]
     if not Path(program).exists():
         raise MirrordError(f"no such program: {argv[0]}")
@@ -42,6 +48,7 @@ def run_in_session(argv: list[str], options: dict[str, Any]) -> NoReturn:
     session = start_session(
         cfg.target.path or "targetless",
         cfg.layer_settings(),
+        config=cfg,
         log_level=options.get("log_level") or "info",
         # a program that is not Python was warned about already, up front
         no_layer_warning=no_layer_hint(argv) if is_python(argv[0]) else None,

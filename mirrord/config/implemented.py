@@ -36,6 +36,33 @@ IMPLEMENTED: tuple[KeyPath, ...] = (
     ("feature", "network", "incoming", "ignore_localhost"),
     ("feature", "fs"),  # every key: mode, the regex lists, mapping, readonly_file_buffer
     ("agent", "ttl"),
+    # Kubernetes targets: the agent pod (mirrord/kube/agent_spec.py) and the cluster
+    *(
+        ("agent", key)
+        for key in (
+            "namespace",
+            "image",
+            "image_pull_policy",
+            "image_pull_secrets",
+            "ephemeral",
+            "communication_timeout",
+            "startup_timeout",
+            "disabled_capabilities",
+            "tolerations",
+            "resources",
+            "privileged",
+            "labels",
+            "annotations",
+            "node_selector",
+            "service_account",
+            "priority_class",
+            "security_context",
+            "disable_mesh_sidecar_injection",
+            "log_level",
+        )
+    ),
+    ("kubeconfig",),
+    ("kube_context",),
     ("skip_processes",),  # the native relay and the Python layer stay out of those
     ("skip_build_tools",),
     ("skip_extra_build_tools",),

@@ -37,6 +37,10 @@ class AgentHandle:
     token: str
     log: Path
     started: bool  # by this session (False: found running)
+    proxy_args: tuple[str, ...] = ()  # what else the intproxy needs to reach it
+
+    def failure_hint(self) -> str:
+        return f"agent log: {self.log}"
 
 
 def agents_dir() -> Path:

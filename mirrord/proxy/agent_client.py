@@ -54,6 +54,8 @@ class AgentClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self.gone: str | None = None
+        #: what the transport can tell about its end (a Kubernetes port-forward's error)
+        self.why_ended: Callable[[], str] | None = None
         self.gone_at = 0.0  # time.monotonic() when the link ended
         #: called for each IncomingConnection/IncomingFd (with its socket), in order,
         #: before the connection's first Data frame
@@ -138,7 +140,8 @@ class AgentClient:
             reason = f"the agent broke the protocol: {exc}"
             await self.link.fail(exc)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+            # a transport that knows why it ended says so (a broken port-forward)
+            reason = (self.why_ended and self.why_ended()) or reason
         finally:
             self.gone, self.gone_at = reason, time.monotonic()
             log.warning("agent link ended: %s", reason)

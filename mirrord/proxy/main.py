@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from mirrord.kube.client import PENDING_AGENT, KubeAccess
 from mirrord.process.lifecycle import (
     announce_ready,
     begin,
@@ -80,12 +81,25 @@ async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, te
 
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
-    link = Link(await connect_to(args.agent, timeout=30), accept_fds=True)
+    why_ended = None
+    if args.agent.startswith("kube:"):
+        # a cluster agent: through a Kubernetes port-forward that we open ourselves
+        from mirrord.kube.forward import connect_forward
+
+        with anyio.fail_after(30):
+            forward = await connect_forward(
+                args.agent, KubeAccess(args.kubeconfig, args.kube_context)
+            )
+        sock, why_ended = forward.sock, forward.why_ended
+    else:
+        sock = await connect_to(args.agent, timeout=30)
+    link = Link(sock, accept_fds=True)
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
     async with anyio.create_task_group() as tg:
         agent = AgentClient(link, tg)
+        agent.why_ended = why_ended
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
@@ -119,7 +133,11 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mirrord intproxy")
-    parser.add_argument("--agent", required=True, help="HOST:PORT or unix:PATH of the agent")
+    parser.add_argument(
+        "--agent", required=True, help="HOST:PORT, unix:PATH or kube:NAMESPACE/POD:PORT"
+    )
+    parser.add_argument("--kubeconfig", help="for a kube: agent (default: kubectl's)")
+    parser.add_argument("--kube-context", help="for a kube: agent (default: the current)")
     parser.add_argument("--socket", required=True, help="unix socket path to serve layers on")
     parser.add_argument("--watch-pid", type=int, default=None)
     parser.add_argument("--workdir", help="the session's folder, removed after a clean exit")
@@ -131,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warn-fd", type=int, help="the user's stderr, for warnings")
     parser.add_argument("--no-layer-warning", help="why no layer may connect, if none does")
     args = begin("intproxy", parser, argv)
+    if args.agent == PENDING_AGENT:
+        # a cluster agent still being made: get ready meanwhile, then learn where it is
+        from mirrord.kube.forward import ForwardError, wait_for_agent
+
+        try:
+            found = wait_for_agent(KubeAccess(args.kubeconfig, args.kube_context))
+        except ForwardError as exc:
+            print(f"mirrord intproxy: {exc}", file=sys.stderr)
+            return 1
+        if found is None:
+            return 2  # the CLI gave up on the agent
+        args.agent, os.environ[AGENT_TOKEN_ENV] = found
     agent_token, proxy_token = take_secrets("intproxy", AGENT_TOKEN_ENV, PROXY_TOKEN_ENV)
     healthy = False
     try:

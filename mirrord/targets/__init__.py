@@ -1,1 +1,2 @@
-"""Targets: parsing what `-t` names and finding its process (local targets so far)."""
+"""Targets: parsing what `-t` names (`path`), and finding its process on this host
+(`local`: pid/, netns/; `container`: a Kubernetes container by its id, from the agent)."""

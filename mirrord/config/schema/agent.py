@@ -40,7 +40,9 @@ AgentImageField = Annotated[
 
 
 class AgentConfig(Section):
-    """``agent``: only ``ttl`` is used by this project so far; the rest is type-checked."""
+    """``agent``: the agent pod of Kubernetes targets (``mirrord/kube/agent_spec.py``);
+    ``ttl`` for local agents too. Keys not listed in ``implemented.py`` are type-checked
+    only."""
 
     ttl: U16 = Field(default=1, description="Seconds the agent lingers after the session ends.")
     log_level: str | None = None

@@ -395,7 +395,7 @@ class KubeLab:
         return resources.play_pod_running(self.api_client(), name, namespace, **kw)
 
     def set_port_forward(
-        self, pod: str, namespace: str, targets: Mapping[int, tuple[str, int]]
+        self, pod: str, namespace: str, targets: Mapping[int, resources.ForwardTarget]
     ) -> dict[str, Any]:
         return resources.set_port_forward(self.api_client(), pod, namespace, targets)
 

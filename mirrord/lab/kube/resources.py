@@ -11,11 +11,12 @@ import datetime
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mirrord.kube.objects import model, to_dict
 from mirrord.lab.kube.stages import PLAYED_NODE_PREFIX
 
 KWOK_GROUP = "kwok.x-k8s.io"
@@ -28,33 +29,8 @@ class WaitTimeout(TimeoutError):
     pass
 
 
-M = TypeVar("M", covariant=True)
-
-
-class _Model(Protocol[M]):
-    def from_dict(self, obj: dict[str, Any] | None) -> M | None: ...
-
-
-def model(cls: _Model[M], manifest: Mapping[str, Any]) -> M:
-    """A manifest (camelCase dict, as in YAML) as the client's model (unknown fields fail).
-    Clients before 37 have no ``from_dict`` and take the dict itself."""
-    from_dict = getattr(cls, "from_dict", None)
-    if from_dict is None:
-        return cast(M, dict(manifest))
-    obj = from_dict(dict(manifest))
-    assert obj is not None
-    return cast(M, obj)
-
-
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def to_dict(api: client.ApiClient, obj: Any) -> dict[str, Any]:
-    """A model (or a dict) as the API's JSON (camelCase keys)."""
-    data = api.sanitize_for_serialization(obj)
-    assert isinstance(data, dict)
-    return data
 
 
 def wait_for(
@@ -280,42 +256,71 @@ def play_pod_running(
 # --------------------------------------------------------------------------- kwok port-forwards
 
 
+#: Where kwok sends a pod port: an address, or a command whose stdin/stdout is the stream.
+ForwardTarget = tuple[str, int] | Sequence[str]
+
+
+def _forward(port: int, target: ForwardTarget) -> dict[str, Any]:
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[1], int):
+        addr, tport = target
+        return {"ports": [port], "target": {"address": addr, "port": tport}}
+    return {"ports": [port], "command": [str(a) for a in target]}
+
+
 def port_forward_manifest(
-    pod: str, namespace: str, targets: Mapping[int, tuple[str, int]]
+    pod: str, namespace: str, targets: Mapping[int, ForwardTarget]
 ) -> dict[str, Any]:
     """kwok forwards only the ports it is told about: one forward per pod port."""
     return {
         "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
         "kind": "PortForward",
         "metadata": {"name": pod, "namespace": namespace},  # kwok matches pods by name
-        "spec": {
-            "forwards": [
-                {"ports": [port], "target": {"address": addr, "port": tport}}
-                for port, (addr, tport) in sorted(targets.items())
-            ]
-        },
+        "spec": {"forwards": [_forward(port, t) for port, t in sorted(targets.items())]},
     }
 
 
-def set_port_forward(
-    api: client.ApiClient, pod: str, namespace: str, targets: Mapping[int, tuple[str, int]]
-) -> dict[str, Any]:
-    """Make ``pod``'s ports forward to local addresses (``{pod_port: (address, port)}``),
-    replacing the pod's earlier forwards."""
+def _put_custom(api: client.ApiClient, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create or replace a kwok object named like its pod."""
     custom = client.CustomObjectsApi(api)
-    body = port_forward_manifest(pod, namespace, targets)
-    args = (KWOK_GROUP, KWOK_VERSION, namespace, "portforwards")
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    args = (KWOK_GROUP, KWOK_VERSION, namespace, plural)
     try:
-        old: Any = custom.get_namespaced_custom_object(*args, pod)
+        old: Any = custom.get_namespaced_custom_object(*args, name)
     except ApiException as exc:
         if exc.status != 404:
             raise
         result = custom.create_namespaced_custom_object(*args, body)
     else:
         body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        result = custom.replace_namespaced_custom_object(*args, pod, body)
+        result = custom.replace_namespaced_custom_object(*args, name, body)
     assert isinstance(result, dict)
     return result
+
+
+def set_port_forward(
+    api: client.ApiClient, pod: str, namespace: str, targets: Mapping[int, ForwardTarget]
+) -> dict[str, Any]:
+    """Make ``pod``'s ports forward to local addresses (``{pod_port: (address, port)}``)
+    or into commands (``{pod_port: [argv...]}``), replacing the pod's earlier forwards."""
+    return _put_custom(api, "portforwards", port_forward_manifest(pod, namespace, targets))
+
+
+def set_logs(
+    api: client.ApiClient, pod: str, namespace: str, files: Mapping[str, str]
+) -> dict[str, Any]:
+    """Serve ``{container: log file}`` (CRI log format) as the pod's logs (kwok's Logs)."""
+    body = {
+        "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
+        "kind": "Logs",
+        "metadata": {"name": pod, "namespace": namespace},
+        "spec": {
+            "logs": [
+                {"containers": [c], "logsFile": str(path), "follow": True}
+                for c, path in sorted(files.items())
+            ]
+        },
+    }
+    return _put_custom(api, "logs", body)
 
 
 # --------------------------------------------------------------------------- identities

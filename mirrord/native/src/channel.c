@@ -62,6 +62,14 @@ static void unavailable(const char *what, int err) {
     failure[0] = 0;
 }
 
+/* A failure of mirrord itself (the intproxy lost the agent...), not the target's answer
+ * (a refused connection): the app only gets an errno, so the first one is told once. */
+static atomic_int told;
+static void mirrord_failure(const char *message) {
+    if (strncmp(message, "mirrord: ", 9) == 0 && !atomic_exchange(&told, 1))
+        relay_log("%s", message + 9);
+}
+
 /* Close a channel's descriptor (unless the app took the number) and free it;
  * `single_threaded`: in a fork child, where no other thread can hold a lock. */
 static void release(struct channel *c, int single_threaded) {
@@ -298,6 +306,8 @@ int chan_request(const uint8_t *frame, size_t n, int64_t req, struct reply *out,
             goto broken;
         }
         if (out->req == req) {
+            if (out->type == R_FAILED)
+                mirrord_failure(out->message);
             *fd_out = fd;
             c->keep |= keep == CHAN_KEEP;
             c->sticky = keep == CHAN_STICKY;
