@@ -8,6 +8,7 @@ Every pod template names its node (no scheduler runs in the lab). Create them wi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ from kubernetes import client
 from mirrord.kube.objects import model
 from mirrord.lab.kube import resources
 from mirrord.lab.kube.resources import container
+
+#: how long the API server may take to serve a CRD it accepted
+CRD_TIMEOUT = 30.0
 
 ROLLOUT_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -203,3 +207,14 @@ def install_rollout_crd(api: client.ApiClient) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
+    # a new CRD's objects are served a moment later (404 "page not found" until then)
+    custom = client.CustomObjectsApi(api)
+    deadline = time.monotonic() + CRD_TIMEOUT
+    while True:
+        try:
+            custom.list_cluster_custom_object("argoproj.io", "v1alpha1", "rollouts")
+            return
+        except ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
