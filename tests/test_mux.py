@@ -57,9 +57,17 @@ class Pair:
         return client
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback: a cluster agent's link is TCP."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
 @asynccontextmanager
-async def muxes() -> AsyncIterator[Pair]:
-    a, b = socket.socketpair()
+async def muxes(tcp: bool = False) -> AsyncIterator[Pair]:
+    a, b = tcp_pair() if tcp else socket.socketpair()
     async with anyio.create_task_group() as tg:
         near_link, far_link = Link(a), Link(b)
         pair = Pair(Mux(near_link, tg), Mux(far_link, tg))
@@ -226,3 +234,15 @@ async def test_data_right_behind_its_announcement_is_kept() -> None:
         with anyio.fail_after(10):  # a lost greeting leaves the client waiting forever
             greeting, echoed = await exchange(client, b"late")
         assert (greeting, echoed) == (b"HELLO\n", b"late")
+
+
+async def test_a_tcp_link_carries_connections_and_sends_small_frames_at_once() -> None:
+    async with muxes(tcp=True) as pair, server(greet_and_echo) as address:
+        # a Credit or a request is a small write of its own: with Nagle it would wait for
+        # the peer's delayed ACK (~40 ms a round trip through a cluster agent's link)
+        for mux in (pair.near, pair.far):
+            assert mux.link.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        payload = os.urandom(3 * 1024 * 1024)
+        greeting, echoed = await exchange(await pair.relay(address), payload)
+        assert greeting == b"HELLO\n"
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()

@@ -56,6 +56,10 @@ class Link:
 
     def __init__(self, sock: socket.socket, accept_fds: bool = False) -> None:
         sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # a frame is one write, often small (Credit, a request): Nagle would hold it
+            # for the peer's delayed ACK, ~40 ms (a cluster agent's link is TCP)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:  # room for whole frames: fewer partial writes, fewer wake-ups
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)

@@ -71,7 +71,8 @@ def forward_command(netns: str, port: int, host: str = "127.0.0.1") -> list[str]
         socat,
         f"-b{SOCAT_BUFFER}",
         "STDIO",
-        f"TCP:{host}:{port}",
+        # nodelay: the kubelet's and the runtime's Go sockets have Nagle off by default
+        f"TCP:{host}:{port},nodelay",
     ]
 
 
