@@ -150,7 +150,7 @@ def steal_throughput(mb: int, rounds: int) -> None:
                 app.wait(10)
         ratios.sort()
         print(
-            f"steal throughput, {name}: median {100 * ratios[len(ratios) // 2]:.0f}% of direct (target >= 30%)"
+            f"steal throughput, {name}: median {100 * ratios[len(ratios) // 2]:.0f}% of direct (target >= 50%)"
         )
 
 
