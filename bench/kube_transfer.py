@@ -28,7 +28,8 @@ from pathlib import Path
 
 from mirrord.lab import create_lab
 from mirrord.lab.kube import KubeLab, workloads
-from mirrord.lab.kube.runtime import Runtime, forward_command
+from mirrord.lab.kube.container_runner import forward_command
+from mirrord.lab.kube.runtime import Runtime
 from mirrord.lab.kube.staging import deploy_staging
 
 HERE = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.lab.kube.runtime import cgroup_root
+from mirrord.lab.kube.played_pods import cgroup_root
 from mirrord.targets.container import ContainerTarget, container_processes, in_container
 from mirrord.targets.local import TargetError
 

@@ -314,7 +314,7 @@ def test_an_agent_that_cannot_start_is_reported_with_its_log(
     kube_cluster, kube_ns: str, lab, runtime, tmp_path: Path
 ) -> None:
     from mirrord.lab.kube import workloads
-    from mirrord.lab.kube.runtime import Claim
+    from mirrord.lab.kube.played_pods import Claim
     from mirrord.lab.kube.staging import LABELS, NODE
 
     # a pod whose container has no process on the node: the agent cannot find it

@@ -19,23 +19,22 @@ containerd would do there, with processes and namespaces of this host).
 
 Deleting a pod kills its processes. ``close()`` ends everything and puts claimed
 processes back in the cgroups they came from.
+
+This module is the watch, schedule and stop loop and owns the network namespaces;
+``container_runner`` runs one container, ``played_pods`` holds the records of played
+pods, their status documents and cgroups.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime
-import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,96 +43,23 @@ from kubernetes.client.exceptions import ApiException
 
 from mirrord.kube.objects import model
 from mirrord.lab.kube import resources
+from mirrord.lab.kube.container_runner import ContainerRunner
+from mirrord.lab.kube.played_pods import (
+    Claim,
+    PlayedContainer,
+    PlayedPod,
+    cgroup_root,
+    container_cgroup,
+    current_cgroup,
+    pod_cgroup,
+    remove_cgroup,
+    write_status,
+)
 from mirrord.lab.kube.stages import PLAYED_NODE_PREFIX
 
 log = logging.getLogger("mirrord.lab.kube.runtime")
 NETNS_PREFIX = "mrdk"
 KILL_GRACE = 3.0
-SOCAT_BUFFER = 256 * 1024
-
-
-def cgroup_root() -> Path:
-    """The cgroup v2 hierarchy: ``/sys/fs/cgroup/unified`` on hybrid hosts (this one)."""
-    unified = Path("/sys/fs/cgroup/unified")
-    return unified if (unified / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
-
-
-def now_nano() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def forward_command(netns: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    """What a kubelet does for a port-forward: connect to the port inside the pod."""
-    socat = shutil.which("socat") or "socat"
-    return [
-        shutil.which("nsenter") or "nsenter",
-        f"--net=/run/netns/{netns}",
-        socat,
-        f"-b{SOCAT_BUFFER}",
-        "STDIO",
-        # nodelay: the kubelet's and the runtime's Go sockets have Nagle off by default
-        f"TCP:{host}:{port},nodelay",
-    ]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Pods with these labels in ``namespace`` are run by processes that exist already."""
-
-    namespace: str
-    labels: Mapping[str, str]
-    netns: str  # the pod's network namespace (an ``ip netns`` name)
-    processes: Mapping[str, Sequence[int]]  # container name -> its pids
-    ports: Mapping[int, resources.ForwardTarget] = field(default_factory=dict)
-
-    def matches(self, pod: Any) -> bool:
-        labels = pod.metadata.labels or {}
-        return pod.metadata.namespace == self.namespace and all(
-            labels.get(k) == v for k, v in self.labels.items()
-        )
-
-    @classmethod
-    def of_lab(
-        cls, namespace: str, labels: Mapping[str, str], lab: Any, container: str = "main"
-    ) -> Claim:
-        """The lab's staging service as the pod's ``container`` (``mirrord.lab.Lab``)."""
-        return cls(
-            namespace,
-            dict(labels),
-            lab.staging_ns,
-            {container: [lab.service_pid]},
-            {lab.service_port: (lab.staging_addr, lab.service_port)},
-        )
-
-
-@dataclass(eq=False)
-class _Container:
-    name: str
-    id: str
-    ephemeral: bool = False
-    proc: subprocess.Popen[bytes] | None = None
-    cgroup: Path | None = None
-    state: dict[str, Any] = field(default_factory=dict)
-    ready: bool = False
-    image: str = resources.DEFAULT_IMAGE
-    podman: str | None = None  # the podman container that runs it
-
-
-@dataclass(eq=False)
-class _Pod:
-    uid: str
-    name: str
-    namespace: str
-    netns: str
-    own_netns: bool
-    host_pid: bool = False
-    claim: Claim | None = None
-    containers: dict[str, _Container] = field(default_factory=dict)
-    forwards: dict[int, resources.ForwardTarget] = field(default_factory=dict)
-    logs: dict[str, str] = field(default_factory=dict)
-    moved: dict[int, str] = field(default_factory=dict)  # claimed pid -> its old cgroup
-    gone: bool = False
-    lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 class Runtime:
@@ -149,14 +75,10 @@ class Runtime:
         self.kube = kube
         self.api: client.ApiClient = kube.api_client()
         self.core = client.CoreV1Api(self.api)
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.claims: list[Claim] = []
-        self.pods: dict[str, _Pod] = {}
+        self.pods: dict[str, PlayedPod] = {}
         self.errors: list[str] = []
-        #: images run from a real image with podman (spec image -> local podman image);
-        #: other containers' commands run as processes of this host
-        self.images = dict(images or {})
         #: where a pod that is not claimed runs: a network namespace name, or None for
         #: one of its own (tests may put agents of targetless sessions into the lab)
         self.network_for: Callable[[Any], str | None] = lambda pod: None
@@ -164,9 +86,13 @@ class Runtime:
         base = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         if os.environ.get("PYTHONPATH"):
             base["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        self.image_env = {**base, **(env or {})}
         self._netns_count = 0
         self._stop = threading.Event()
+        # ``images``: spec image -> local podman image, run with podman; other containers'
+        # commands run as processes of this host
+        self._runner = ContainerRunner(
+            self.api, workdir, {**base, **(env or {})}, images or {}, self._stop
+        )
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         remove_stale_netns()
@@ -276,10 +202,10 @@ class Runtime:
                 self._run_claimed(known, pod, claim)
             else:
                 for spec in pod.spec.containers:
-                    self._start_container(known, pod, spec, ephemeral=False)
+                    self._runner.start(known, spec, ephemeral=False)
         for spec in pod.spec.ephemeral_containers or []:
             if spec.name not in known.containers:
-                self._start_container(known, pod, spec, ephemeral=True)
+                self._runner.start(known, spec, ephemeral=True)
 
     def _schedule(self, pod: Any) -> None:
         """What kube-scheduler would do here: bind the pod to a played node it fits."""
@@ -306,13 +232,13 @@ class Runtime:
                     )
                 return
 
-    def _new_pod(self, pod: Any, claim: Claim | None) -> _Pod:
+    def _new_pod(self, pod: Any, claim: Claim | None) -> PlayedPod:
         if claim is not None:
             netns, own = claim.netns, False
         else:
             chosen = self.network_for(pod)
             netns, own = (chosen, False) if chosen else (self._make_netns(), True)
-        played = _Pod(
+        played = PlayedPod(
             pod.metadata.uid, pod.metadata.name, pod.metadata.namespace, netns, own, claim=claim
         )
         played.host_pid = bool(pod.spec.host_pid)
@@ -321,193 +247,21 @@ class Runtime:
 
     # ---- claimed pods: processes that run already
 
-    def _run_claimed(self, played: _Pod, pod: Any, claim: Claim) -> None:
+    def _run_claimed(self, played: PlayedPod, pod: Any, claim: Claim) -> None:
         with played.lock:
             for spec in pod.spec.containers:
-                c = _Container(spec.name, resources.new_container_id(), image=spec.image)
+                c = PlayedContainer(spec.name, resources.new_container_id(), image=spec.image)
                 c.state = {"running": {"startedAt": resources.now()}}
                 c.ready = True
-                c.cgroup = self._cgroup(played, c)
+                c.cgroup = container_cgroup(played, c)
                 for pid in claim.processes.get(spec.name, ()):
-                    played.moved[pid] = _current_cgroup(pid)
+                    played.moved[pid] = current_cgroup(pid)
                     (c.cgroup / "cgroup.procs").write_text(str(pid))
                 played.containers[spec.name] = c
             played.forwards.update(claim.ports)
             if played.forwards:
                 resources.set_port_forward(self.api, played.name, played.namespace, played.forwards)
-            self._write_status(played)
-
-    # ---- containers run as processes
-
-    def _start_container(self, played: _Pod, pod: Any, spec: Any, ephemeral: bool) -> None:
-        c = _Container(spec.name, resources.new_container_id(), ephemeral, image=spec.image)
-        c.state = {"waiting": {"reason": "ContainerCreating"}}
-        with played.lock:
-            played.containers[spec.name] = c
-        if not [*(spec.command or []), *(spec.args or [])]:
-            c.state = {"waiting": {"reason": "RunContainerError", "message": "no command"}}
-            self._write_status(played)
-        elif not self._launch(played, c, spec):
-            # its Secret is not there yet: a kubelet retries; so do we
-            threading.Thread(target=self._retry, args=(played, c, spec), daemon=True).start()
-
-    def _retry(self, played: _Pod, c: _Container, spec: Any) -> None:
-        deadline = time.monotonic() + 60
-        while not played.gone and not self._stop.is_set() and time.monotonic() < deadline:
-            time.sleep(0.05)
-            if self._launch(played, c, spec):
-                return
-
-    def _launch(self, played: _Pod, c: _Container, spec: Any) -> bool:
-        env = self._container_env(played.namespace, spec)
-        if env is None:
-            return False
-        log_path = self.workdir / f"{played.namespace}_{played.name}_{spec.name}.log"
-        log_path.touch()
-        with played.lock:
-            played.logs[spec.name] = str(log_path)
-            resources.set_logs(self.api, played.name, played.namespace, played.logs)
-        image = self.images.get(spec.image or "")
-        if image is not None:
-            argv, env = self._podman_run(played, c, spec, image, env)
-        else:
-            # `ip netns exec` execs the command: the pid is the command's own
-            ip = shutil.which("ip") or "ip"
-            argv = [ip, "netns", "exec", played.netns, *(spec.command or []), *(spec.args or [])]
-        log.info("%s/%s: running %s", played.namespace, played.name, " ".join(argv))
-        c.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if image is not None:
-            c.podman = _podman_name(played, c)
-        c.cgroup = self._cgroup(played, c)
-        with contextlib.suppress(OSError):  # it may be gone already
-            (c.cgroup / "cgroup.procs").write_text(str(c.proc.pid))
-        c.state = {"running": {"startedAt": resources.now()}}
-        c.ready = True
-        self._write_status(played)
-        threading.Thread(
-            target=self._pump, args=(played, c, log_path), name=f"log-{spec.name}", daemon=True
-        ).start()
-        return True
-
-    def _podman_run(
-        self, played: _Pod, c: _Container, spec: Any, image: str, env: dict[str, str]
-    ) -> tuple[list[str], dict[str, str]]:
-        """The container from its image, as containerd would run the pod spec: its network
-        namespace, the host's PID namespace only with hostPID, containerd's default
-        capabilities (podman's lack NET_RAW, MKNOD, AUDIT_WRITE) plus the spec's add/drop,
-        privileged only if asked, no seccomp filter (the kubelet's default: Unconfined)."""
-        from mirrord.lab.kube.agent_image import podman, ulimit_args
-
-        security = spec.security_context
-        caps = security.capabilities if security is not None else None
-        argv = [*podman(), "run", "--rm", "--name", _podman_name(played, c)]
-        argv += [f"--network=ns:/run/netns/{played.netns}", *ulimit_args()]
-        argv += ["--security-opt", "seccomp=unconfined", "--cgroupns=host"]
-        if played.host_pid:
-            argv.append("--pid=host")
-        if security is not None and security.privileged:
-            argv.append("--privileged")
-        for cap in ("NET_RAW", "MKNOD", "AUDIT_WRITE", *((caps and caps.add) or [])):
-            argv += ["--cap-add", cap]
-        for cap in (caps and caps.drop) or []:
-            argv += ["--cap-drop", cap]
-        if security is not None and security.run_as_user is not None:
-            argv += ["--user", str(security.run_as_user)]
-        # values come from podman's environment: no token on a command line
-        for name in env.keys() - self.image_env.keys():
-            argv += ["--env", name]
-        if spec.command:
-            argv += ["--entrypoint", json.dumps(list(spec.command))]
-        return [*argv, image, *(spec.args or [])], {**os.environ, **env}
-
-    def _container_env(self, namespace: str, spec: Any) -> dict[str, str] | None:
-        env = dict(self.image_env)
-        for var in spec.env or []:
-            if var.value_from is None:
-                env[var.name] = var.value or ""
-                continue
-            ref = var.value_from.secret_key_ref
-            if ref is None:
-                continue
-            try:
-                secret = self.core.read_namespaced_secret(ref.name, namespace)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            env[var.name] = base64.b64decode((secret.data or {})[ref.key]).decode()
-        return env
-
-    def _pump(self, played: _Pod, c: _Container, log_path: Path) -> None:
-        """The container's output into its CRI log; its ready line opens its port."""
-        assert c.proc is not None and c.proc.stdout is not None
-        with log_path.open("ab", buffering=0) as out:
-            for raw in iter(c.proc.stdout.readline, b""):
-                line = raw.rstrip(b"\n")
-                port = _ready_port(line)
-                if port is not None:
-                    with played.lock:
-                        played.forwards[port] = forward_command(played.netns, port)
-                        resources.set_port_forward(
-                            self.api, played.name, played.namespace, played.forwards
-                        )
-                out.write(f"{now_nano()} stdout F ".encode() + line + b"\n")
-        code = c.proc.wait()
-        c.state = {
-            "terminated": {
-                "exitCode": code,
-                "reason": "Completed" if code == 0 else "Error",
-                "startedAt": c.state.get("running", {}).get("startedAt", resources.now()),
-                "finishedAt": resources.now(),
-            }
-        }
-        c.ready = False
-        if not played.gone:
-            with contextlib.suppress(ApiException):  # the pod may be gone meanwhile
-                self._write_status(played)
-
-    # ---- status
-
-    def _write_status(self, played: _Pod) -> None:
-        with played.lock:
-            regular = [c for c in played.containers.values() if not c.ephemeral]
-            ephemeral = [c for c in played.containers.values() if c.ephemeral]
-            if regular and all("terminated" in c.state for c in regular):
-                ok = all(c.state["terminated"]["exitCode"] == 0 for c in regular)
-                phase = "Succeeded" if ok else "Failed"
-            elif any("running" in c.state for c in regular):
-                phase = "Running"
-            else:
-                phase = "Pending"
-            ready = bool(regular) and all(c.ready for c in regular)
-            t = resources.now()
-            conditions = [
-                {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": t}
-                for kind, ok in (
-                    ("PodScheduled", True),
-                    ("Initialized", True),
-                    ("ContainersReady", ready),
-                    ("Ready", ready),
-                )
-            ]
-            status: dict[str, Any] = {
-                "phase": phase,
-                "conditions": conditions,
-                "containerStatuses": [_status(c) for c in regular],
-                "hostIP": resources.NODE_IP,
-                "hostIPs": [{"ip": resources.NODE_IP}],
-                "startTime": t,
-            }
-            if ephemeral:
-                status["ephemeralContainerStatuses"] = [_status(c) for c in ephemeral]
-            resources.set_pod_status(self.api, played.name, played.namespace, status)
+            write_status(self.api, played)
 
     # ---- namespaces, cgroups, the end
 
@@ -519,12 +273,7 @@ class Runtime:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         return name
 
-    def _cgroup(self, played: _Pod, c: _Container) -> Path:
-        path = cgroup_root() / "kubepods" / f"pod{played.uid}" / f"cri-containerd-{c.id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _stop_pod(self, played: _Pod) -> None:
+    def _stop_pod(self, played: PlayedPod) -> None:
         with played.lock:
             if played.gone:
                 return
@@ -552,61 +301,12 @@ class Runtime:
                 (cgroup_root() / old.lstrip("/") / "cgroup.procs").write_text(str(pid))
         for c in played.containers.values():
             if c.cgroup is not None:
-                _rmdir(c.cgroup)
-        _rmdir(cgroup_root() / "kubepods" / f"pod{played.uid}")
+                remove_cgroup(c.cgroup)
+        remove_cgroup(pod_cgroup(played))
         if played.own_netns:
             subprocess.run(["ip", "netns", "delete", played.netns], check=False)
         with self._lock:
             self.pods.pop(played.uid, None)
-
-
-def _podman_name(played: _Pod, c: _Container) -> str:
-    return f"{played.name}-{c.name}-{c.id[:8]}"
-
-
-def _status(c: _Container) -> dict[str, Any]:
-    return {
-        "name": c.name,
-        "image": c.image,
-        "imageID": f"{c.image}@sha256:{'0' * 64}",
-        "containerID": f"containerd://{c.id}",
-        "ready": c.ready,
-        "started": "running" in c.state,
-        "restartCount": 0,
-        "state": c.state or {"waiting": {"reason": "ContainerCreating"}},
-    }
-
-
-def _ready_port(line: bytes) -> int | None:
-    """The port of a mirrord ready line (``{"ready": true, "address": "HOST:PORT"}``)."""
-    if not line.startswith(b"{"):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or doc.get("ready") is not True:
-        return None
-    _, _, port = str(doc.get("address", "")).rpartition(":")
-    return int(port) if port.isdigit() else None
-
-
-def _current_cgroup(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            return line[3:]
-    return "/"
-
-
-def _rmdir(path: Path) -> None:
-    for _ in range(20):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)  # its last process is still exiting
 
 
 def remove_stale_netns() -> list[str]:

@@ -10,7 +10,8 @@ from typing import Any
 from mirrord.kube.errors import KubeError
 from mirrord.kube.resolve import resolve
 from mirrord.lab.kube import resources, workloads
-from mirrord.lab.kube.runtime import Claim, Runtime
+from mirrord.lab.kube.played_pods import Claim
+from mirrord.lab.kube.runtime import Runtime
 from mirrord.targets.path import parse_kube_target
 
 NODE = "played-1"
