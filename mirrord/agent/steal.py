@@ -310,7 +310,7 @@ class StealService:
                     if self.subs:
                         return  # stealing again: the chain is in use
                     try:
-                        still_open = open_connections_on(ours)
+                        still_open = await anyio.to_thread.run_sync(open_connections_on, ours)
                     except OSError as exc:
                         log.info("cannot list connections (%s): rules stay until exit", exc)
                         return
