@@ -25,6 +25,10 @@ FIRST_BYTES_TIMEOUT = 10.0
 #: How long to keep reading (and discarding) after we decided to close, so that the kernel does
 #: not answer the client's unread bytes with a reset that would destroy our last response.
 LINGER_TIMEOUT = 2.0
+#: how long a kept-alive connection of a released port may stay idle before we close it,
+#: as a server's keep-alive timeout: a client reusing it at once is not cut, and the
+#: agent's rules (which it holds) can go soon after
+DRAIN_IDLE_TIMEOUT = 2.0
 #: Bytes of a pipelined next request we hold while the current one is answered.
 MAX_PIPELINED = 2 * MAX_HEAD
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import cast
 
 from mirrord.agent.http_destinations import (
+    DRAIN_IDLE_TIMEOUT,
     FIRST_BYTES_TIMEOUT,
     LINGER_TIMEOUT,
     MAX_PIPELINED,
@@ -89,15 +90,21 @@ class _Engine:
         self._wake: asyncio.Future[None] = self.loop.create_future()
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self._linger: asyncio.TimerHandle | None = None
+        self._idle_close: asyncio.TimerHandle | None = None
         self.draining = False
 
     def drain(self) -> None:
         # the next response tells the client to close (no race with its next request);
-        # a kept-alive connection idle now is closed now, as servers close idle ones: it
-        # would otherwise hold our rules (see StealService._retire_rules) for as long as
-        # the client keeps it
+        # a kept-alive connection that stays idle is closed after a while, as servers
+        # close idle ones: it would otherwise hold our rules (StealService._retire_rules)
+        # for as long as the client keeps it
         self.draining = True
-        if self.between_requests and self.request is not None:
+        if self.request is not None:
+            self._idle_close = self.loop.call_later(DRAIN_IDLE_TIMEOUT, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._idle_close = None
+        if self.between_requests and self.phase == "head":
             self._close_after_response()
 
     @property
@@ -374,8 +381,9 @@ class _Engine:
         if self.phase == "done":
             return
         self.phase = "done"
-        if self._linger is not None:
-            self._linger.cancel()
+        for timer in (self._linger, self._idle_close):
+            if timer is not None:
+                timer.cancel()
         for channel in (self.channel, *self.idle.values()):
             if channel is not None:
                 channel.close(abort=abort)
