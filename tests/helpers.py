@@ -10,6 +10,9 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mirrord.lab import Lab
 
@@ -113,3 +116,14 @@ def stop_process(proc: subprocess.Popen, sig: int, timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def event_loops() -> list[Any]:
+    """anyio backends for the wire's tests: asyncio, and uvloop where it is installed (the
+    agent and the intproxy run on it then)."""
+    loops: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return loops
+    return [*loops, pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import event_loops
 
 from mirrord.protocol import Close, Data
 from mirrord.wire.link import Link
@@ -21,16 +22,7 @@ from mirrord.wire.mux import Mux
 pytestmark = pytest.mark.anyio
 
 
-def _loops() -> list[Any]:
-    loops: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
-    try:
-        import uvloop  # noqa: F401  (the agent and intproxy run on it where installed)
-    except ImportError:
-        return loops
-    return [*loops, pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
-
-
-@pytest.fixture(params=_loops())
+@pytest.fixture(params=event_loops())
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 

@@ -11,22 +11,14 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import event_loops
 
 from mirrord.wire.splice import splice_sockets
 
 pytestmark = pytest.mark.anyio
 
 
-def _loops() -> list[Any]:
-    loops: list[Any] = [pytest.param(("asyncio", {}), id="asyncio")]
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return loops
-    return [*loops, pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
-
-
-@pytest.fixture(params=_loops())
+@pytest.fixture(params=event_loops())
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
