@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,30 @@ def event_loops() -> list[Any]:
     except ImportError:
         return loops
     return [*loops, pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+
+
+@contextlib.contextmanager
+def loopback_http_server(
+    answer: Callable[[http.server.BaseHTTPRequestHandler], str],
+) -> Iterator[int]:
+    """An HTTP server on this host's 127.0.0.1 (its port), answering each GET with
+    `answer(request)`; it stops when the block ends."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answer(self).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

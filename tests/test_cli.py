@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import last_json, mirrord, run_app
+from helpers import last_json, loopback_http_server, mirrord, run_app
 
 from mirrord import __version__ as mirrord_version
 from mirrord.lab import Lab
@@ -118,24 +116,8 @@ def test_pid_target(lab: Lab, tmp_path: Path) -> None:
 @pytest.fixture
 def local_http_server() -> Iterator[int]:
     """A server on this host's loopback that answers `local-host`."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "10")
-            self.end_headers()
-            self.wfile.write(b"local-host")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http_server(lambda request: "local-host") as port:
+        yield port
 
 
 def test_ignore_localhost_and_outgoing_filter(

@@ -3,18 +3,16 @@ local ones (the lab's network namespaces)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from helpers import mirrord
+from helpers import loopback_http_server, mirrord
 from kube_sessions import Staging
 
 from mirrord.lab import Lab
@@ -32,25 +30,8 @@ def free_port() -> int:
 @pytest.fixture
 def local_server() -> Iterator[int]:
     """An HTTP server on this host that says who it is."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"local-{self.headers.get('x-user', '')}".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http_server(lambda request: f"local-{request.headers.get('x-user', '')}") as port:
+        yield port
 
 
 class Forward:
