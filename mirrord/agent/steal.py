@@ -337,11 +337,13 @@ class StealService:
     async def _accept_loop(self, listener: socket.socket) -> None:
         # raw accept(): a stream object would start reading, and bytes read here could
         # not travel with a socket handed over to the client
+        # (the loop's sock_accept tries accept() before it waits: in a burst, one wake-up
+        # per connection fewer than waiting for readability each time)
         listener.setblocking(False)
+        loop = asyncio.get_running_loop()
         while True:
-            await anyio.wait_readable(listener)
             try:
-                conn, peer = listener.accept()
+                conn, peer = await loop.sock_accept(listener)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue
             except OSError as exc:
