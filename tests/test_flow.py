@@ -23,6 +23,15 @@ from mirrord.protocol.messages import MAX_CHUNK
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # --------------------------------------------------------------------------- SendCredit
 
 
@@ -101,6 +110,8 @@ def test_receive_credit_refills_after_grant() -> None:
     recv.received(1, 30)  # exactly the credit that was granted back
     with pytest.raises(ProtocolError):
         recv.received(1, 1)
+    assert recv.delivered(1, 100) == 100
+    assert recv.window_of(1) == 100  # no maximum given: a fast reader's window stays
 
 
 def test_overrun_into_ungranted_delivered_bytes_is_detected() -> None:
@@ -208,11 +219,13 @@ class FlowMachine(RuleBasedStateMachine):
 
     conns = Bundle("conns")
 
-    @initialize(window=st.integers(1, 5000))
-    def setup(self, window: int) -> None:
+    @initialize(window=st.integers(1, 5000), grows=st.booleans())
+    def setup(self, window: int, grows: bool) -> None:
         self.window = window
         self.send = SendCredit(window)
-        self.recv = ReceiveCredit(window)
+        # a receiver that grows windows (as the Mux's do), on a clock the test moves
+        self.clock = FakeClock()
+        self.recv = ReceiveCredit(window, window * 8 if grows else None, self.clock)
         self.next_id = 0
         self.open_conns: set[int] = set()
         # per connection
@@ -268,6 +281,14 @@ class FlowMachine(RuleBasedStateMachine):
             self.granted[conn] += grant
             self.credit_wire[conn].append(grant)
 
+    @rule(seconds=st.floats(0, 0.1))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    def extra(self, conn: int) -> int:
+        """Credit granted beyond delivered bytes: what the window grew by."""
+        return self.recv.window_of(conn) - self.window
+
     @rule(conn=conns)
     def credit_arrives(self, conn: int) -> None:
         if conn in self.open_conns and self.credit_wire[conn]:
@@ -307,7 +328,7 @@ class FlowMachine(RuleBasedStateMachine):
         assert self.recv.delivered(conn, 1) == 0
 
     def check_no_deadlock(self, conn: int) -> None:
-        assert self.send.available(conn) * 4 >= 3 * self.window
+        assert self.send.available(conn) * 4 >= 3 * self.recv.window_of(conn)
         assert self.send.available(conn) > 0
 
     @invariant()
@@ -318,10 +339,10 @@ class FlowMachine(RuleBasedStateMachine):
             available = self.send.available(conn)
             # the sender's view: window minus what is not credited back yet
             assert available == self.window - self.sent[conn] + self.credited[conn]
-            assert 0 <= available <= self.window
-            # credit granted = bytes delivered minus the small batched remainder
-            pending = self.delivered[conn] - self.granted[conn]
-            assert pending >= 0 and pending * 4 < self.window
+            assert 0 <= available <= self.recv.window_of(conn)
+            # credit granted = bytes delivered (and growth) minus the small batched remainder
+            pending = self.delivered[conn] + self.extra(conn) - self.granted[conn]
+            assert pending >= 0 and pending * 4 < self.recv.window_of(conn)
             assert self.credited[conn] + sum(self.credit_wire[conn]) == self.granted[conn]
             in_flight = sum(self.data_wire[conn])
             assert self.sent[conn] == in_flight + self.buffered[conn] + self.delivered[conn]
@@ -358,3 +379,43 @@ def test_peer_overrunning_its_credit_is_caught(window: int, honest: list[int], e
             send.grant(1, grant)
     with pytest.raises(ProtocolError):
         recv.received(1, send.available(1) + excess)
+
+
+# --------------------------------------------------------------------------- window growth
+
+
+def test_a_fast_connection_doubles_its_window_up_to_the_maximum() -> None:
+    clock = FakeClock()
+    recv = ReceiveCredit(window=100, max_window=400, clock=clock)
+    recv.open(1)
+    recv.received(1, 100)
+    assert recv.delivered(1, 50) == 50
+    # a whole window delivered at once: granted back, plus the window it grew by
+    assert recv.delivered(1, 50) == 50 + 100
+    assert recv.window_of(1) == 200
+    recv.received(1, 200)  # the peer may now have 200 in flight
+    with pytest.raises(ProtocolError):
+        recv.received(1, 1)
+    assert recv.delivered(1, 200) == 200 + 200
+    assert recv.window_of(1) == 400
+    recv.received(1, 400)
+    assert recv.delivered(1, 400) == 400  # at the maximum: no more growth
+    assert recv.window_of(1) == 400
+    recv.forget(1)
+    recv.open(1)  # a reused id starts small again
+    assert recv.window_of(1) == 100
+
+
+def test_a_slow_reader_keeps_the_window_it_has() -> None:
+    clock = FakeClock()
+    recv = ReceiveCredit(window=100, max_window=400, clock=clock)
+    recv.open(1)
+    for _ in range(5):
+        recv.received(1, 100)
+        clock.now += 0.03
+        assert recv.delivered(1, 50) == 50
+        clock.now += 0.03  # a window took 60 ms: not a bulk transfer held back by credit
+        assert recv.delivered(1, 50) == 50
+    assert recv.window_of(1) == 100
+    with pytest.raises(ProtocolError):
+        recv.received(1, 101)

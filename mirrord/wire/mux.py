@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 
 from mirrord.protocol import Close, Credit, Data, Eof, Message
-from mirrord.protocol.flow import ReceiveCredit, SendCredit
+from mirrord.protocol.flow import MAX_WINDOW, ReceiveCredit, SendCredit
 from mirrord.wire.ends import GONE, End, Pumped, SocketEnd, Waiting, is_datagram
 from mirrord.wire.link import Link
 from mirrord.wire.pipes import ConnectedUdpPipe, Pipe, RelayUdpPipe, TcpPipe, linger_zero
@@ -38,7 +38,7 @@ class Mux:
         self.tg = tg
         self.conns: dict[int, End] = {}
         self.send_credit = SendCredit()
-        self.receive_credit = ReceiveCredit()
+        self.receive_credit = ReceiveCredit(max_window=MAX_WINDOW)
         self.congested = False
         #: sees every other message as it arrives, before it is queued for its reader: a
         #: message that announces a connection opens it here, so that the Data right
