@@ -16,8 +16,9 @@ import pytest
 from helpers import event_loops
 
 from mirrord.protocol import Close, Data
+from mirrord.wire.handler_end import Handler
 from mirrord.wire.link import Link
-from mirrord.wire.mux import Mux
+from mirrord.wire.mux import Mux, linger_zero
 
 pytestmark = pytest.mark.anyio
 
@@ -238,3 +239,113 @@ async def test_a_tcp_link_carries_connections_and_sends_small_frames_at_once() -
         greeting, echoed = await exchange(await pair.relay(address), payload)
         assert greeting == b"HELLO\n"
         assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+# --------------------------------------------------------------------------- handler ends
+# (the agent's HTTP engine reaches the developer's app this way: an object on the far
+# side, the app's socket on the near one)
+
+
+class Recorder(Handler):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.gone: bool | None = None
+        self.paused: list[bool] = []
+
+    def peer_data(self, data: bytes) -> None:
+        self.data += data
+
+    def peer_eof(self) -> None:
+        self.eof = True
+
+    def peer_gone(self, reset: bool) -> None:
+        self.gone = reset
+
+    def send_paused(self, paused: bool) -> None:
+        self.paused.append(paused)
+
+
+@asynccontextmanager
+async def handled(pair: Pair) -> AsyncIterator[tuple[Recorder, socket.socket]]:
+    """A Recorder on the far Mux joined to an app socket (non-blocking) on the near one."""
+    conn, pair.next_conn = pair.next_conn, pair.next_conn + 1
+    recorder = Recorder()
+    pair.far.attach_handler(conn, recorder)
+    app, local = tcp_pair()
+    pair.near.open(conn, datagram=False)
+    await pair.near.attach_socket(conn, local)
+    app.setblocking(False)
+    with app:
+        yield recorder, app
+
+
+async def read_to_eof(sock: socket.socket) -> bytes:
+    got = bytearray()
+    with anyio.fail_after(10):
+        while data := await asyncio.get_running_loop().sock_recv(sock, 1 << 20):
+            got += data
+    return bytes(got)
+
+
+async def test_a_handler_end_carries_bytes_both_ways_and_ends_after_both_eofs() -> None:
+    async with muxes() as pair, handled(pair) as (recorder, app):
+        loop = asyncio.get_running_loop()
+        payload, answer = os.urandom(3_000_000), os.urandom(2_500_000)
+        assert recorder.end is not None
+        recorder.end.send(payload[:1000])
+        recorder.end.send(bytearray(payload[1000:]))  # (a bytearray the caller may reuse)
+        recorder.end.send_eof()
+        await loop.sock_sendall(app, answer)
+        app.shutdown(socket.SHUT_WR)
+        assert hashlib.sha256(await read_to_eof(app)).digest() == hashlib.sha256(payload).digest()
+        await wait_until(lambda: recorder.gone is not None)
+        assert bytes(recorder.data) == answer and recorder.eof and recorder.gone is False
+        await wait_until(lambda: not pair.near.conns and not pair.far.conns)
+
+
+async def test_a_handler_that_closes_or_resets_is_seen_by_the_app() -> None:
+    async with muxes() as pair:
+        async with handled(pair) as (recorder, app):
+            assert recorder.end is not None
+            recorder.end.send(b"partial answer")
+            recorder.end.close()
+            assert await read_to_eof(app) == b"partial answer"
+        async with handled(pair) as (recorder, app):
+            assert recorder.end is not None
+            recorder.end.close(reset=True)
+            with pytest.raises(ConnectionResetError):
+                await read_to_eof(app)
+        assert recorder.gone is None  # its own close is not news to the handler
+        await wait_until(lambda: not pair.near.conns and not pair.far.conns)
+
+
+async def test_an_app_that_resets_tells_the_handler() -> None:
+    async with muxes() as pair, handled(pair) as (recorder, app):
+        linger_zero(app)
+        app.close()
+        await wait_until(lambda: recorder.gone is not None)
+        assert recorder.gone is True
+
+
+async def test_a_handler_is_paused_while_the_app_does_not_read_and_holds_credit_back() -> None:
+    async with muxes() as pair, handled(pair) as (recorder, app):
+        end = recorder.end
+        assert end is not None
+        loop = asyncio.get_running_loop()
+        payload = os.urandom(32 * 1024 * 1024)
+        for i in range(0, len(payload), 1 << 20):
+            end.send(payload[i : i + (1 << 20)])
+        assert recorder.paused == [True]  # the app reads nothing: credit ran out
+        # and the other way: a handler that holds credit gets no more than one window
+        end.hold_credit(True)
+        sending = asyncio.ensure_future(loop.sock_sendall(app, b"y" * (16 * 1024 * 1024)))
+        await anyio.sleep(0.5)
+        assert len(recorder.data) <= pair.far.receive_credit.window
+        end.hold_credit(False)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await loop.sock_recv(app, 1 << 20)
+        assert bytes(got) == payload and recorder.paused == [True, False]
+        await sending
+        await wait_until(lambda: len(recorder.data) == 16 * 1024 * 1024)

@@ -11,6 +11,7 @@ import anyio.abc
 
 from mirrord.agent.session import ClientSession
 from mirrord.protocol import IncomingConnection, IncomingFd
+from mirrord.wire.handler_end import Handler
 from mirrord.wire.mux import Pipe
 
 log = logging.getLogger("mirrord.agent")
@@ -22,12 +23,13 @@ _SESSION_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, 
 
 async def deliver(
     session: ClientSession,
-    end: Pipe | socket.socket,
+    end: Pipe | Handler | socket.socket,
     target: tuple[str, int],
     peer: tuple[str, int],
     mode: str,
 ) -> bool:
-    """Announce an incoming connection to a client, then relay it (a socket as it is);
+    """Announce an incoming connection to a client, then relay it (a socket as it is, a
+    handler by calls);
     False if the client is gone (its link closed, its task group ended): the caller
     decides what becomes of it."""
     conn = session.state.new_conn_id()
@@ -45,6 +47,8 @@ async def deliver(
         )
         if isinstance(end, socket.socket):
             await session.mux.attach_socket(conn, end)
+        elif isinstance(end, Handler):
+            session.mux.attach_handler(conn, end)
         else:
             session.mux.attach(conn, end)
     except _SESSION_GONE as exc:

@@ -30,6 +30,7 @@ from mirrord.agent.outgoing import connect_socket
 from mirrord.agent.session import AgentState, ClientSession
 from mirrord.http.head import RequestHead
 from mirrord.system.procfs import open_connections_on
+from mirrord.wire.handler_end import Handler
 from mirrord.wire.splice import splice_sockets
 
 log = logging.getLogger("mirrord.agent")
@@ -73,107 +74,59 @@ class _Stealer:
     gone: bool = False
 
 
-class _AppPipe:
-    """The Mux's side of an `_AppChannel` (the wire.mux.Pipe protocol)."""
-
-    datagram = False
-
-    def __init__(self, channel: _AppChannel) -> None:
-        self.channel = channel
-
-    async def receive(self, max_bytes: int) -> bytes:
-        return await self.channel.take(max_bytes)
-
-    async def send(self, data: bytes) -> None:
-        await self.channel.give(data)
-
-    async def send_eof(self) -> None:
-        self.channel.app_eof()
-
-    async def close(self, reset: bool) -> None:
-        self.channel.lost("the local app's connection was reset" if reset else "")
-
-
-class _AppChannel(Channel):
+class _AppChannel(Channel, Handler):
     """Requests to the developer's app, as one connection of its session's Mux.
 
-    No socket in between: the engine's bytes become Data frames in the Mux's pump, and the
-    app's answers are parsed in the pump that received them."""
+    No socket and no task in between (wire.handler_end): the engine's writes become Data
+    frames at once, and the app's answers reach the engine in the link's read callback."""
 
     name = "local app"
-    HIGH, LOW = 256 * 1024, 64 * 1024
 
     def __init__(self, sink: Sink, stealer: _Stealer) -> None:
         self.sink = sink
         self.stealer = stealer
-        self.pipe = _AppPipe(self)
-        self.out = bytearray()
-        self.eof = False
-        self.aborted = False
-        self.full = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     # the engine's side
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closed:
-            return
-        self.out += data
-        self._readable.set()
-        if len(self.out) > self.HIGH and not self.full:
-            self.full = True
-            self.sink.target_paused(True)
+        if not self.closed and self.end is not None:
+            self.end.send(data)
 
     def write_eof(self) -> None:
-        self.eof = True
-        self._readable.set()
+        if not self.closed and self.end is not None:
+            self.end.send_eof()
 
     def pause_reading(self) -> None:
-        self._writable.clear()
+        if self.end is not None:
+            self.end.hold_credit(True)  # the client reads slowly: so must the app's answers go
 
     def resume_reading(self) -> None:
-        self._writable.set()
+        if self.end is not None:
+            self.end.hold_credit(False)
 
     def close(self, abort: bool = False) -> None:
         if not self.closed:
             self.closed = True
             self.stealer.slots.release()
-        self.eof = True
-        self.aborted = self.aborted or abort
-        self._readable.set()
-        self._writable.set()
+            if self.end is not None:
+                self.end.close(reset=abort)
 
     # the Mux's side
-    async def take(self, max_bytes: int) -> bytes:
-        while not self.out:
-            if self.aborted:
-                raise anyio.BrokenResourceError
-            if self.eof:
-                raise anyio.EndOfStream
-            self._readable.clear()
-            await self._readable.wait()
-        chunk = bytes(self.out[:max_bytes])
-        del self.out[:max_bytes]
-        if self.full and len(self.out) < self.LOW:
-            self.full = False
-            self.sink.target_paused(False)
-        return chunk
+    def peer_data(self, data: bytes) -> None:
+        if not self.closed:
+            self.sink.target_data(self, data)
 
-    async def give(self, data: bytes) -> None:
-        if self.closed:
-            return  # answers after we stopped listening (e.g. the client went)
-        self.sink.target_data(self, data)
-        await self._writable.wait()  # the client reads slowly: so must the app's answers go
-
-    def app_eof(self) -> None:
+    def peer_eof(self) -> None:
         if not self.closed:
             self.sink.target_eof(self)
 
-    def lost(self, error: str) -> None:
+    def peer_gone(self, reset: bool) -> None:
         if not self.closed:
             self.close()
+            error = "the local app's connection was reset" if reset else ""
             self.sink.target_lost(self, error or "the local app closed the connection")
+
+    def send_paused(self, paused: bool) -> None:
+        self.sink.target_paused(paused)
 
 
 class _StealerDestination:
@@ -198,7 +151,7 @@ class _StealerDestination:
             ) from None
         channel = _AppChannel(sink, stealer)
         if stealer.gone or not await deliver(
-            stealer.session, channel.pipe, self.target, self.peer, "steal"
+            stealer.session, channel, self.target, self.peer, "steal"
         ):
             channel.close()
             raise StealError("the local app's session is gone", fallback=True)

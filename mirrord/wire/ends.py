@@ -60,6 +60,29 @@ class Waiting:
         pass
 
 
+def send_within_credit(mux: Mux, conn: int, held: deque[memoryview]) -> int | None:
+    """Send from `held` as far as `conn`'s credit goes, in Data frames of at most MAX_CHUNK;
+    the bytes sent, or None if the link is gone (its owner resets everything)."""
+    sent = 0
+    while held:
+        budget = mux.send_credit.available(conn)
+        if budget <= 0:
+            break
+        part = held[0]
+        chunk = part[: min(budget, MAX_CHUNK)]
+        mux.send_credit.spend(conn, len(chunk))
+        try:
+            mux.link.send_data(conn, chunk)
+        except GONE:
+            return None
+        sent += len(chunk)
+        if len(chunk) == len(part):
+            held.popleft()
+        else:
+            held[0] = part[len(chunk) :]
+    return sent
+
+
 class SocketEnd(asyncio.Protocol):
     """A relayed TCP connection whose local end is a socket, run by loop callbacks."""
 
@@ -165,22 +188,8 @@ class SocketEnd(asyncio.Protocol):
     # -- internals -------------------------------------------------------------------
 
     def _send_held(self) -> None:
-        mux, conn = self.mux, self.conn
-        while self.held and not self.done:
-            budget = mux.send_credit.available(conn)
-            if budget <= 0:
-                break
-            part = self.held[0]
-            chunk = part[: min(budget, MAX_CHUNK)]
-            mux.send_credit.spend(conn, len(chunk))
-            try:
-                mux.link.send_data(conn, chunk)
-            except GONE:
-                return  # the link's owner resets everything
-            if len(chunk) == len(part):
-                self.held.popleft()
-            else:
-                self.held[0] = part[len(chunk) :]
+        if self.done or send_within_credit(self.mux, self.conn, self.held) is None:
+            return
         self.waiting_for_credit = bool(self.held)
         self._update_reading()
 
@@ -334,7 +343,7 @@ class Pumped:
 End = Waiting | SocketEnd | Pumped
 
 
-def is_datagram(end: End) -> bool:
+def is_datagram(end: object) -> bool:
     if isinstance(end, Waiting):
         return end.datagram
     if isinstance(end, Pumped):

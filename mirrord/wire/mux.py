@@ -24,8 +24,12 @@ import anyio.abc
 from mirrord.protocol import Close, Credit, Data, Eof, Message
 from mirrord.protocol.flow import MAX_WINDOW, ReceiveCredit, SendCredit
 from mirrord.wire.ends import GONE, End, Pumped, SocketEnd, Waiting, is_datagram
+from mirrord.wire.handler_end import Handler, HandlerEnd
 from mirrord.wire.link import Link
 from mirrord.wire.pipes import ConnectedUdpPipe, Pipe, RelayUdpPipe, TcpPipe, linger_zero
+
+#: what the Mux holds for each of its connections
+MuxEnd = End | HandlerEnd
 
 __all__ = ["ConnectedUdpPipe", "Mux", "Pipe", "RelayUdpPipe", "TcpPipe", "linger_zero"]
 
@@ -36,7 +40,7 @@ class Mux:
     def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
         self.link = link
         self.tg = tg
-        self.conns: dict[int, End] = {}
+        self.conns: dict[int, MuxEnd] = {}
         self.send_credit = SendCredit()
         self.receive_credit = ReceiveCredit(max_window=MAX_WINDOW)
         self.congested = False
@@ -68,6 +72,14 @@ class Mux:
             sock.close()
             if self.forget(conn, end):
                 self.tell(Close(conn=conn, reset=True))
+
+    def attach_handler(self, conn: int, handler: Handler) -> HandlerEnd:
+        """Relay `conn` to and from `handler`, an object run by calls (handler_end)."""
+        end = HandlerEnd(self, self._waiting(conn, datagram=False), handler)
+        self.conns[conn] = end
+        handler.end = end
+        end.start()
+        return end
 
     def attach(self, conn: int, pipe: Pipe) -> None:
         """Relay `conn` to and from `pipe` (opening `conn` if needed)."""
@@ -122,7 +134,7 @@ class Mux:
         for end in list(self.conns.values()):
             end.on_congestion(congested)
 
-    def forget(self, conn: int, end: End) -> bool:
+    def forget(self, conn: int, end: MuxEnd) -> bool:
         """Drop `conn` if `end` still owns it; True if it did."""
         if self.conns.get(conn) is not end:
             return False
