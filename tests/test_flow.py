@@ -419,3 +419,21 @@ def test_a_slow_reader_keeps_the_window_it_has() -> None:
     assert recv.window_of(1) == 100
     with pytest.raises(ProtocolError):
         recv.received(1, 101)
+
+
+def test_windows_grow_within_one_budget_for_all_connections() -> None:
+    """Fast connections whose readers then stop must not hold more than the budget."""
+    clock = FakeClock()
+    recv = ReceiveCredit(window=100, max_window=800, clock=clock, growth_budget=300)
+    for conn in (1, 2, 3):
+        recv.open(conn)
+        for _ in range(3):  # three fast windows: 100 -> 200 -> 400 -> 800, if allowed
+            window = recv.window_of(conn)
+            recv.received(conn, window)
+            recv.delivered(conn, window)
+    # the first grew by 100 + 200, and the budget (300) was spent: the others stay
+    assert [recv.window_of(c) for c in (1, 2, 3)] == [400, 100, 100]
+    recv.forget(1)  # a connection that ends gives its growth back
+    recv.received(2, 100)
+    recv.delivered(2, 100)
+    assert recv.window_of(2) == 200 and recv.grown == 100

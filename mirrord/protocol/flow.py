@@ -8,7 +8,8 @@ delivers a whole window within `GROW_WITHIN` seconds is a bulk transfer whose pa
 more than the window (a cluster's port-forward has several buffers in a row), and it was
 waiting for credit, not for its reader. The window doubles up to `max_window`, as TCP's
 receive buffer grows; a window never shrinks, and it bounds what the receiver buffers for a
-reader that stops.
+reader that stops. What all windows grew by together stays within `growth_budget`, so a
+thousand fast connections whose readers then stop cannot hold gigabytes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mirrord.protocol.messages import MAX_CHUNK
 INITIAL_WINDOW = 4 * MAX_CHUNK
 #: the largest window a fast connection grows to (the Mux's receivers)
 MAX_WINDOW = 16 * 1024 * 1024
+#: what the windows of one receiver (a Mux: one link) may grow by in total
+GROWTH_BUDGET = 64 * 1024 * 1024
 GROW_WITHIN = 0.05
 
 
@@ -58,10 +61,13 @@ class ReceiveCredit:
         window: int = INITIAL_WINDOW,
         max_window: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        growth_budget: int = GROWTH_BUDGET,
     ) -> None:
         self.window = window
         self.max_window = window if max_window is None else max(max_window, window)
         self._clock = clock
+        self.growth_budget = growth_budget
+        self.grown = 0  # what the open connections' windows grew by, in total
         self._in_flight: dict[int, int] = {}
         self._undelivered_credit: dict[int, int] = {}
         self._windows: dict[int, int] = {}
@@ -77,7 +83,7 @@ class ReceiveCredit:
     def forget(self, conn: int) -> None:
         self._in_flight.pop(conn, None)
         self._undelivered_credit.pop(conn, None)
-        self._windows.pop(conn, None)
+        self.grown -= self._windows.pop(conn, self.window) - self.window
         self._round.pop(conn, None)
 
     def window_of(self, conn: int) -> int:
@@ -107,8 +113,12 @@ class ReceiveCredit:
             else:
                 now = self._clock()
                 self._round[conn] = (now, 0)
-                if now - started <= GROW_WITHIN:
-                    grown = min(window * 2, self.max_window)
+                grown = min(window * 2, self.max_window)
+                if (
+                    now - started <= GROW_WITHIN
+                    and self.grown + grown - window <= self.growth_budget
+                ):
+                    self.grown += grown - window
                     self._windows[conn] = grown
                     self._undelivered_credit[conn] = 0
                     return pending + grown - window  # at once: the sender is waiting
