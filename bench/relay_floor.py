@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from incoming import upload  # type: ignore[import-not-found]
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,8 +32,8 @@ class Http(asyncio.Protocol):
     def connection_made(self, t):
         self.t, self.buf, self.total, self.sink = t, b"", 0, False
     def data_received(self, data):
-        if self.sink or data.startswith(b"SINK"):
-            self.sink = True
+        if self.sink or not (self.buf or data.startswith(b"GET ")):
+            self.sink = True  # an upload (bench/incoming.py's): count it, answer the total
             self.total += len(data)
             return
         self.buf += data
@@ -42,7 +42,7 @@ class Http(asyncio.Protocol):
             self.t.write(RESPONSE)
     def eof_received(self):
         if self.sink:
-            self.t.write(str(self.total - 4).encode())
+            self.t.write(str(self.total).encode())
         self.t.close()
 async def main():
     server = await asyncio.get_running_loop().create_server(Http, "127.0.0.1", 0)
@@ -119,18 +119,6 @@ def keepalive_ms(port: int, requests: int) -> float:
     return float(json.loads(out.strip().splitlines()[-1])["keepalive"]["median_ms"])
 
 
-def upload_mb_s(port: int, megabytes: int) -> float:
-    chunk, total = b"x" * (1 << 20), megabytes << 20
-    started = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"SINK")
-        for _ in range(megabytes):
-            sock.sendall(chunk)
-        sock.shutdown(socket.SHUT_WR)
-        assert int(sock.recv(64)) == total
-    return megabytes / (time.perf_counter() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -138,6 +126,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=100)
     args = parser.parse_args()
     latency, rate = [], []
+    total = args.megabytes << 20
     with tempfile.TemporaryDirectory() as tmp:
         unix = os.path.join(tmp, "hop.sock")
         server, port = start(SERVER)
@@ -148,8 +137,8 @@ def main() -> None:
                 direct = keepalive_ms(int(port), args.requests)
                 relayed = keepalive_ms(int(near_port), args.requests)
                 latency.append(relayed / direct)
-                up_direct = upload_mb_s(int(port), args.megabytes)
-                up_relayed = upload_mb_s(int(near_port), args.megabytes)
+                up_direct = args.megabytes / upload("127.0.0.1", int(port), total)
+                up_relayed = args.megabytes / upload("127.0.0.1", int(near_port), total)
                 rate.append(up_relayed / up_direct)
                 print(
                     f"keep-alive GET direct {direct:.3f} ms, relayed {relayed:.3f} ms"

@@ -47,6 +47,7 @@ from mirrord.agent.http_framing import (
     parse_response,
 )
 from mirrord.http.head import RequestHead
+from mirrord.wire.wait import within
 
 __all__ = [
     "Channel",
@@ -531,7 +532,7 @@ async def serve_stolen_http(
     if drain.started:
         engine.draining = True
     try:
-        await _within(protocol.arrived, first_bytes_timeout)
+        await within(protocol.arrived, first_bytes_timeout)
         protocol.engine = engine
         if protocol.early_lost:
             engine.client_lost()
@@ -546,30 +547,9 @@ async def serve_stolen_http(
         await engine.run()
         await engine.finished
         # a graceful close first flushes what the client did not read yet: bounded
-        if not await _within(protocol.closed, LINGER_TIMEOUT):
+        if not await within(protocol.closed, LINGER_TIMEOUT):
             transport.abort()
     finally:
         drain.engines.discard(engine)
         # cancelled (the agent exits): an idle kept-alive connection ends as HTTP allows
         engine._finish(abort=engine.phase != "done" and not engine.between_requests)
-
-
-async def _within(event: asyncio.Future[None], timeout: float) -> bool:
-    """Wait up to `timeout` for `event` (never cancelled by us); True if it happened.
-    A timer and a callback: wait_for and shield would cost two tasks' worth per stolen
-    connection."""
-    if event.done():
-        return True
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[bool] = loop.create_future()
-
-    def settle(result: bool) -> None:
-        if not waiter.done():
-            waiter.set_result(result)
-
-    timer = loop.call_later(timeout, settle, False)
-    event.add_done_callback(lambda _: settle(True))
-    try:
-        return await waiter
-    finally:
-        timer.cancel()

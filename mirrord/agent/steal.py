@@ -297,7 +297,7 @@ class StealService:
         while True:
             try:
                 conn, peer = await loop.sock_accept(listener)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            except ConnectionAbortedError:
                 continue
             except OSError as exc:
                 # EMFILE/ENFILE/ENOBUFS: the connection waits in the backlog; so do we

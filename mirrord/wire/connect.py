@@ -8,6 +8,8 @@ import os
 import socket
 from typing import Any
 
+from mirrord.wire.wait import within
+
 
 async def connect(
     sock: socket.socket, address: tuple[Any, ...] | str, timeout: float | None = None
@@ -26,25 +28,21 @@ async def connect(
 
 
 async def _writable(sock: socket.socket, timeout: float | None) -> bool:
-    """Wait until `sock` is writable (True) or `timeout` passed (False). Plain loop
-    callbacks: a stolen connection of a filtered steal connects once per request, and a
-    cancel scope plus anyio's checkpoint cost more than the connect itself."""
+    """Wait until `sock` is writable (True) or `timeout` passed (False): a stolen
+    connection of a filtered steal connects once per request."""
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[bool] = loop.create_future()
-
-    def settle(result: bool) -> None:
-        if not ready.done():
-            ready.set_result(result)
-
+    ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_writer(fd, settle, True)
-    timer = None if timeout is None else loop.call_later(timeout, settle, False)
+
+    def writable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, writable)
     try:
-        return await ready
+        return await within(ready, timeout)
     finally:
         loop.remove_writer(fd)
-        if timer is not None:
-            timer.cancel()
 
 
 async def connect_to(address: str, timeout: float | None = None) -> socket.socket:

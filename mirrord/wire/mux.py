@@ -73,13 +73,12 @@ class Mux:
             if self.forget(conn, end):
                 self.tell(Close(conn=conn, reset=True))
 
-    def attach_handler(self, conn: int, handler: Handler) -> HandlerEnd:
-        """Relay `conn` to and from `handler`, an object run by calls (handler_end)."""
+    def attach_handler(self, conn: int, handler: Handler) -> None:
+        """Relay `conn` to and from `handler`, an object run by calls (`handler.end`)."""
         end = HandlerEnd(self, self._waiting(conn, datagram=False), handler)
         self.conns[conn] = end
         handler.end = end
         end.start()
-        return end
 
     def attach(self, conn: int, pipe: Pipe) -> None:
         """Relay `conn` to and from `pipe` (opening `conn` if needed)."""
