@@ -1,30 +1,23 @@
-"""The intproxy's link to a cluster agent: a Kubernetes port-forward, opened by the
-intproxy itself with the official client, as an anyio byte stream.
-
-``kubernetes.stream.portforward`` runs one thread per forward that moves bytes between
-the API server's websocket and one end of a socket pair; the other end is ours, wrapped
-for the event loop. Nothing else sits in between (no local TCP hop, no extra process).
+"""The intproxy's link to a cluster agent: a Kubernetes port-forward that the intproxy
+opens itself, on its own event loop (``ws_forward``: the API server's websocket, through
+the kubeconfig's proxy if it names one), with no thread or socket pair in between.
 
 A forward that breaks ends the intproxy's link, and ``AgentForward.why_ended`` says which
-forward broke and what the API server or kubelet said, so the app's calls fail with
-that message instead of waiting: when the websocket closes the client closes our end,
-and when its thread dies of an error (it then closes nothing) we shut our end down.
+forward broke and what the kubelet said on its error channel, so the app's calls fail
+with that message instead of waiting.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
-import threading
 from dataclasses import dataclass
-from typing import IO, Any
-
-import anyio
+from typing import IO
 
 from mirrord.kube.client import Cluster, KubeAccess, connect
-from mirrord.kube.errors import KubeError, describe_api_error
+from mirrord.kube.errors import KubeError
+from mirrord.kube.ws_forward import PortForwardCarrier, open_port_forward, target_of
 
 _ADDRESS = re.compile(r"kube:([a-z0-9][-a-z0-9.]*)/([a-z0-9][-a-z0-9.]*):(\d{1,5})")
 
@@ -69,7 +62,6 @@ def wait_for_agent(access: KubeAccess, stdin: IO[str] | None = None) -> tuple[st
     the CLI gave up and closed it)."""
     # importing the client's models is the slow part (~1 s): do it now
     from kubernetes import client
-    from kubernetes.stream import portforward  # noqa: F401
 
     client.CoreV1Api(cluster_for(access).api)
     line = (stdin or sys.stdin).readline()
@@ -82,59 +74,28 @@ def wait_for_agent(access: KubeAccess, stdin: IO[str] | None = None) -> tuple[st
         raise ForwardError(f"unexpected agent announcement: {line[:100]!r}") from None
 
 
-def open_forward(address: ForwardAddress, access: KubeAccess) -> tuple[socket.socket, Any]:
-    """Blocking: our end of a new port-forward, and the client's PortForward object."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.stream import portforward
-    from websocket import WebSocketException
-
-    core = client.CoreV1Api(cluster_for(access).api)
-    try:
-        pf = portforward(
-            core.connect_get_namespaced_pod_portforward,
-            address.pod,
-            address.namespace,
-            ports=str(address.port),
-        )
-    except (ApiException, WebSocketException, OSError) as exc:
-        doing = f"create pods/portforward for pod {address.namespace}/{address.pod}"
-        raise ForwardError(str(describe_api_error(exc, doing))) from None
-    # the client's wrapper only hides TCP options a socket pair lacks; the socket is ours
-    return pf.socket(address.port)._socket, pf
-
-
 @dataclass
 class AgentForward:
-    """Our end of the forward (a connected stream socket, for the intproxy's Link) and
-    what the forward can tell when it ends."""
+    """Our end of the forward (the intproxy's Link's carrier) and what the forward can
+    tell when it ends."""
 
-    sock: socket.socket
-    pf: Any  # the client's PortForward: its thread and its error channel
+    stream: PortForwardCarrier
     address: ForwardAddress
 
     def why_ended(self) -> str:
-        said = self.pf.error(self.address.port)
+        said = self.stream.error
         detail = f": {' '.join(said.split())}" if said else ""
         return f"the port-forward to {self.address} ended{detail}"
 
 
 async def connect_forward(text: str, access: KubeAccess) -> AgentForward:
-    """A socket to the agent at ``kube:NAMESPACE/POD:PORT`` (see the module's docstring)."""
+    """A stream to the agent at ``kube:NAMESPACE/POD:PORT`` (see the module's docstring)."""
     address = ForwardAddress.parse(text)
-    before = set(threading.enumerate())
-    sock, pf = await anyio.to_thread.run_sync(open_forward, address, access)
-    started = [t for t in set(threading.enumerate()) - before if "port forward" in t.name]
-    for thread in started:
-        threading.Thread(target=_end_with, args=(thread, sock), daemon=True).start()
-    return AgentForward(sock, pf, address)
-
-
-def _end_with(thread: threading.Thread, sock: socket.socket) -> None:
-    """When the forward's thread ends, so does our end: it closes it only on a clean
-    websocket close, and an error in it would leave us waiting for ever."""
-    thread.join()
+    configuration = cluster_for(access).api.configuration
+    doing = f"create pods/portforward for pod {address.namespace}/{address.pod}"
     try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # closed already
+        target = target_of(configuration, address.namespace, address.pod, address.port)
+        carrier = await open_port_forward(target, address.port, doing)
+    except (KubeError, ValueError, OSError) as exc:  # OSError: the kubeconfig's certificates
+        raise ForwardError(str(exc)) from None
+    return AgentForward(carrier, address)

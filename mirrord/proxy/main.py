@@ -27,6 +27,7 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.layer_server import ProxyState, handle_layer
 from mirrord.system.procfs import process_start
+from mirrord.wire.carrier import Carrier
 from mirrord.wire.connect import connect_to
 from mirrord.wire.link import Link
 from mirrord.wire.serve import accept_forever
@@ -82,6 +83,7 @@ async def warn_without_layer(state: ProxyState, app_pid: int | None, fd: int, te
 async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> bool:
     """Serve until the app is gone; True if the agent link stayed up all along."""
     why_ended = None
+    stream: socket.socket | Carrier
     if args.agent.startswith("kube:"):
         # a cluster agent: through a Kubernetes port-forward that we open ourselves
         from mirrord.kube.forward import connect_forward
@@ -90,10 +92,10 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
             forward = await connect_forward(
                 args.agent, KubeAccess(args.kubeconfig, args.kube_context)
             )
-        sock, why_ended = forward.sock, forward.why_ended
+        stream, why_ended = forward.stream, forward.why_ended
     else:
-        sock = await connect_to(args.agent, timeout=30)
-    link = Link(sock, accept_fds=True)
+        stream = await connect_to(args.agent, timeout=30)
+    link = Link(stream, accept_fds=True)
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")

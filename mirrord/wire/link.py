@@ -36,6 +36,7 @@ from mirrord.protocol import (
     ServerHandshake,
 )
 from mirrord.protocol.codec import data_frame_header, encode
+from mirrord.wire.carrier import Carrier
 
 log = logging.getLogger("mirrord")
 READ_SIZE = 256 * 1024
@@ -52,9 +53,14 @@ LOW_WATER = 1024 * 1024
 
 
 class Link:
-    """Sends and receives whole messages over a connected stream socket."""
+    """Sends and receives whole messages over a connected stream socket (or a carrier)."""
 
-    def __init__(self, sock: socket.socket, accept_fds: bool = False) -> None:
+    def __init__(self, stream: socket.socket | Carrier, accept_fds: bool = False) -> None:
+        if isinstance(stream, socket.socket):
+            sock, self._carrier = stream, None
+        else:
+            sock, self._carrier = stream.sock, stream
+            stream.on_backlog = self._carrier_backlogged
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # a frame is one write, often small (Credit, a request): Nagle would hold it
@@ -72,7 +78,7 @@ class Link:
         self._rbuf = bytearray(READ_SIZE)
         self._rview = memoryview(self._rbuf)
         self._fds: deque[int] = deque()
-        self.can_pass_fds = sock.family == socket.AF_UNIX
+        self.can_pass_fds = sock.family == socket.AF_UNIX and self._carrier is None
         # only the intproxy takes descriptors (from its agent); anyone else's are closed
         self._accept_fds = accept_fds and self.can_pass_fds
         #: connection frames go here as they arrive (the Mux); True means "taken"
@@ -96,6 +102,12 @@ class Link:
         if not self._reading and self._ended is None and not self._closed:
             self._loop.add_reader(self._fileno, self._on_readable)
             self._reading = True
+            if self._carrier is not None and self._carrier.pending:
+                self._loop.call_soon(self._read_pending)
+
+    def _read_pending(self) -> None:
+        if self._reading:
+            self._on_readable()
 
     def _stop_reading(self) -> None:
         if self._reading:
@@ -104,29 +116,16 @@ class Link:
 
     def _on_readable(self) -> None:
         try:
-            # into one buffer of ours: a fresh 256 KiB object per read would be an mmap
-            # and munmap per message
-            if self._accept_fds:
-                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
-                    [self._rbuf], _FD_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
-                for level, kind, payload in ancillary:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        usable = len(payload) - len(payload) % 4
-                        self._fds.extend(array.array("i", payload[:usable]))
-                if len(self._fds) > MAX_FDS_PER_READ:
-                    raise ProtocolError("the peer sent descriptors nobody asked for")
-            else:
-                size = self.sock.recv_into(self._rbuf)
+            chunk = self._read_socket() if self._carrier is None else self._carrier.read()
         except (BlockingIOError, InterruptedError):
             return
         except (OSError, ProtocolError) as exc:
             self._end(exc)
             return
-        if not size:
+        if not chunk:
             self._end(anyio.EndOfStream())
             return
-        self._codec.feed(self._rview[:size])
+        self._codec.feed(chunk)
         try:
             while (msg := self._codec.next_message()) is not None:
                 handler = self.frame_handler
@@ -139,6 +138,22 @@ class Link:
             return
         if len(self._inbox) >= INBOX_LIMIT:
             self._stop_reading()  # receive() starts again once the backlog is worked off
+
+    def _read_socket(self) -> memoryview:
+        # into one buffer of ours: a fresh 256 KiB object per read would be an mmap and
+        # munmap per message
+        if not self._accept_fds:
+            return self._rview[: self.sock.recv_into(self._rbuf)]
+        size, ancillary, _flags, _addr = self.sock.recvmsg_into(
+            [self._rbuf], _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                self._fds.extend(array.array("i", payload[:usable]))
+        if len(self._fds) > MAX_FDS_PER_READ:
+            raise ProtocolError("the peer sent descriptors nobody asked for")
+        return self._rview[:size]
 
     def _end(self, reason: BaseException) -> None:
         if self._ended is None:
@@ -211,6 +226,8 @@ class Link:
                 self._fail_writes(exc)
                 raise anyio.BrokenResourceError from exc
             if sent == size:
+                if self._carrier is not None and self._carrier.backlogged:
+                    self._carrier_backlogged()
                 return
             if sent:
                 parts, fd = _advance(parts, sent), None  # the fd went with the first byte
@@ -224,12 +241,26 @@ class Link:
                 self.on_congestion(True)
 
     def _send(self, parts: list[memoryview], fd: int | None) -> int:
+        if self._carrier is not None:
+            return self._carrier.send(parts)  # (no descriptors: can_pass_fds is False)
         if fd is None:
             return self.sock.sendmsg(parts)
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
         return self.sock.sendmsg(parts, rights)
 
+    def _carrier_backlogged(self) -> None:
+        """The carrier holds bytes the socket did not take: write them when it can."""
+        if not self._closed and not isinstance(self._ended, OSError):
+            self._loop.add_writer(self._fileno, self._on_writable)
+
     def _on_writable(self) -> None:
+        if self._carrier is not None:
+            try:
+                if not self._carrier.flush():
+                    return
+            except OSError as exc:
+                self._fail_writes(exc)
+                return
         while self._out:
             parts, fd = self._out[0]
             try:
@@ -248,8 +279,9 @@ class Link:
                 self._wake_writers()
                 return
             self._out.popleft()
-        self._loop.remove_writer(self._fileno)
         self._out_bytes = 0
+        if self._carrier is None or not self._carrier.backlogged:
+            self._loop.remove_writer(self._fileno)
         self._wake_writers()
 
     def _wake_writers(self) -> None:
@@ -302,12 +334,15 @@ class Link:
 
     async def flush(self) -> None:
         """Wait until everything written has reached the socket."""
-        while self._out and not self._closed and not isinstance(self._ended, OSError):
+        while self._unsent() and not self._closed and not isinstance(self._ended, OSError):
             self._drained.clear()
             if self._out_bytes <= LOW_WATER:
                 await anyio.sleep(0.001)
             else:
                 await self._drained.wait()
+
+    def _unsent(self) -> bool:
+        return bool(self._out) or (self._carrier is not None and self._carrier.backlogged)
 
     async def accept_handshake(self, token: str) -> str:
         """Server side of the first exchange; returns the client's name."""
@@ -339,7 +374,10 @@ class Link:
         self._out.clear()
         while self._fds:
             os.close(self._fds.popleft())
-        self.sock.close()
+        if self._carrier is not None:
+            self._carrier.close()
+        else:
+            self.sock.close()
         self._end(anyio.ClosedResourceError())
         self._drained.set()
 
