@@ -217,6 +217,55 @@ def test_steal_gives_the_client_the_local_apps_answers(
     assert requests.get(url, timeout=10).text == "staging-service"
 
 
+ORIGIN_APP = """
+    import http.server, json, os
+    socket_path = os.environ["MIRRORD_INTPROXY_SOCKET"]
+    if os.environ.get("DROP_ORIGIN_TABLE"):
+        os.remove(socket_path + ".origins")  # an intproxy without one: the app must ask
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_GET(self):
+            body = json.dumps({"client": list(self.client_address[:2])}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a): pass
+    class S(http.server.HTTPServer):
+        request_queue_size = 5  # http.server's own, too small for a burst
+    srv = S(("0.0.0.0", 8080), H)
+    print("ready", flush=True)
+    print(os.getpid(), flush=True)
+    srv.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("table", ["origin table", "no table"])
+@pytest.mark.parametrize("layer", ["native relay", "python layer"])
+def test_accept_reports_each_stolen_client_and_the_listener_takes_a_burst(
+    lab: Lab, tmp_path: Path, start_app, monkeypatch, transport: str, layer: str, table: str
+) -> None:
+    """The app learns who is behind each connection from the intproxy's origin table (or,
+    without one, by asking), and its listener's queue holds the intproxy's bursts."""
+    if layer == "python layer":
+        monkeypatch.setenv("MIRRORD_RELAY_LIBRARY", "none")
+    if table == "no table":
+        monkeypatch.setenv("DROP_ORIGIN_TABLE", "1")
+    app = start_app(ORIGIN_APP, "-f", steal_config(tmp_path, "steal"))
+    assert app.proc.stdout is not None
+    pid = app.proc.stdout.readline().strip()
+    url = f"http://{lab.staging_addr}:8080/"
+    for _ in range(5):  # a new connection each
+        seen = requests.get(url, headers={"Connection": "close"}, timeout=10).json()
+        assert seen["client"][0] == lab.host_addr
+        assert seen["client"][1] != 8080  # the client's own port, not the listener's
+    listening = subprocess.run(
+        ["ss", "-Hltnp"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    queue = [line.split()[2] for line in listening if f"pid={pid}," in line]
+    assert queue == ["1024"]  # the app asked for 5
+
+
 def test_steal_works_when_the_port_is_taken_here(lab: Lab, tmp_path: Path, start_app) -> None:
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests' TIME_WAIT

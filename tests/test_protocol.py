@@ -32,6 +32,7 @@ from mirrord.protocol import (
     Resolve,
     Resolved,
     ServerHandshake,
+    origins,
 )
 from mirrord.protocol.codec import decode_payload, encode
 from mirrord.protocol.handshake import MIN_VERSION
@@ -743,3 +744,35 @@ def test_data_frames_decode_alike_on_the_fast_path(conn: int, data: bytes) -> No
     codec.feed(encode(Data(conn=conn, data=data)) + encode(Pong(seq=1)))
     assert codec.next_message() == Data(conn=conn, data=data)
     assert codec.next_message() == Pong(seq=1)
+
+
+# --------------------------------------------------------------------------- origin table
+
+ADDRESSES = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+PORTS = st.integers(min_value=0, max_value=65535)
+
+
+@SETTINGS
+@given(
+    ipv6=st.booleans(),
+    port=PORTS,
+    app_port=PORTS,
+    origin=st.builds(origins.Origin, ADDRESSES, PORTS, ADDRESSES, PORTS, st.booleans()),
+)
+def test_an_origin_reads_back_as_written_and_only_for_its_listener(
+    ipv6: bool, port: int, app_port: int, origin: origins.Origin
+) -> None:
+    table = bytearray(origins.TABLE_SIZE)
+    assert origins.read_origin(table, ipv6, port, app_port) is None  # never written
+    origins.write_origin(table, ipv6, port, app_port, origin)
+    assert origins.read_origin(table, ipv6, port, app_port) == origin
+    # the other family's slot of that port, and another listener, know nothing of it
+    assert origins.read_origin(table, not ipv6, port, app_port) is None
+    assert origins.read_origin(table, ipv6, port, (app_port + 1) % 65536) is None
+
+
+def test_a_slot_that_is_garbage_reads_as_unknown() -> None:
+    table = bytearray(origins.TABLE_SIZE)
+    offset = 1234 * origins.SLOT_SIZE
+    table[offset : offset + origins.SLOT_SIZE] = b"\x90\x1f\x01\x09" + b"\xff" * 44
+    assert origins.read_origin(table, False, 1234, 8080) is None  # family 9: not ours

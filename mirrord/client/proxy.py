@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import errno
 import itertools
+import mmap
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ from mirrord.protocol import (
     Message,
     ProtocolError,
     RequestFailed,
+    origins,
 )
 from mirrord.protocol.codec import encode
 from mirrord.protocol.messages import with_req
@@ -98,6 +100,34 @@ class ProxyClient:
         self._idle: list[_Channel] = []
         self._open: set[_Channel] = set()  # idle or in use, for after_fork()
         self._lock = threading.Lock()
+        self._table: mmap.mmap | None = None
+        self._no_table = False
+
+    def table_origin(self, ipv6: bool, port: int, app_port: int) -> origins.Origin | None:
+        """What the intproxy's origin table says about its connection from `port` to the
+        app's `app_port`, without asking it; None when the table does not know."""
+        table = self._table
+        if table is None:
+            if self._no_table:
+                return None
+            table = self._open_table()
+            if table is None:
+                return None
+        return origins.read_origin(table, ipv6, port, app_port)
+
+    def _open_table(self) -> mmap.mmap | None:
+        try:
+            with open(origins.table_path(self.path), "rb") as f:
+                table = mmap.mmap(f.fileno(), origins.TABLE_SIZE, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self._no_table = True  # an intproxy without one: every accept asks
+            return None
+        with self._lock:
+            if self._table is None:
+                self._table = table
+            elif table is not self._table:
+                table.close()
+        return self._table
 
     def _checkout(self) -> _Channel:
         if self._pid != os.getpid():

@@ -17,6 +17,7 @@ Runs inside the user's app: standard library, wrapt and msgpack only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -43,8 +44,13 @@ from mirrord.protocol import (
     Subscribe,
     Subscribed,
 )
+from mirrord.protocol.origins import Origin
 
 _INET = (socket.AF_INET, socket.AF_INET6)
+#: The listen backlog of a subscribed listener. The target's clients queue at the agent;
+#: the intproxy's connections into the app come in bursts, and a SYN dropped by a full
+#: queue (http.server's is 5) waits a whole second for its retransmission.
+TARGET_BACKLOG = 1024
 # the real method, for our own use once getsockname is patched to report the app's view
 _real_getsockname = socket.socket.getsockname
 
@@ -185,6 +191,10 @@ class IncomingPatches(PatchFamily):
         if not isinstance(reply, Subscribed):
             raise OSError(errno.EPROTO, "mirrord: unexpected answer to a subscription")
         listening.subscribed = True
+        requested = args[0] if args else kwargs.get("backlog", 0)
+        if isinstance(requested, int) and requested < TARGET_BACKLOG:
+            with contextlib.suppress(OSError):
+                wrapped(TARGET_BACKLOG)
         return result
 
     def _accept(self, wrapped: Any, sock: Any, args: tuple, kwargs: dict) -> Any:
@@ -193,14 +203,19 @@ class IncomingPatches(PatchFamily):
         if listening is None or not listening.subscribed:
             return conn, address
         real_port = _real_getsockname(sock)[1]
-        try:
-            reply, stolen = self.ctx.client.request_fd(
-                ConnInfo(req=0, listen_port=real_port, peer_port=address[1])
-            )
-        except ProxyUnavailable:
-            return conn, address
-        if not isinstance(reply, ConnInfoReply):
-            return conn, address  # a local client, not one of the target's
+        known = self.ctx.client.table_origin(":" in address[0], address[1], real_port)
+        stolen = None
+        if known is None or known.ask:
+            try:
+                reply, stolen = self.ctx.client.request_fd(
+                    ConnInfo(req=0, listen_port=real_port, peer_port=address[1])
+                )
+            except ProxyUnavailable:
+                return conn, address
+            if not isinstance(reply, ConnInfoReply):
+                return conn, address  # a local client, not one of the target's
+            known = Origin.of(reply)
+        local = peer_shape(conn.family, known.local_host, known.local_port)
         if stolen is not None:
             # the stolen socket itself takes the stand-in's place: no byte is relayed
             self.ctx.forget_fd(conn.fileno())
@@ -208,16 +223,12 @@ class IncomingPatches(PatchFamily):
             peer = conn.getpeername()
             # it was REDIRECTed to the agent's port: report the port the client asked for
             self.ctx.redirects[conn.fileno()] = Redirect(
-                relay=(peer[0], peer[1]),
-                remote=peer,
-                local=peer_shape(conn.family, reply.local_host, reply.local_port),
+                relay=(peer[0], peer[1]), remote=peer, local=local
             )
             return conn, peer
-        remote = peer_shape(conn.family, reply.remote_host, reply.remote_port)
+        remote = peer_shape(conn.family, known.remote_host, known.remote_port)
         self.ctx.redirects[conn.fileno()] = Redirect(
-            relay=(address[0], address[1]),
-            remote=remote,
-            local=peer_shape(conn.family, reply.local_host, reply.local_port),
+            relay=(address[0], address[1]), remote=remote, local=local
         )
         return conn, remote
 

@@ -27,6 +27,7 @@ HOOKS = [
     "outgoing.c",
     "dns.c",
     "incoming.c",
+    "origins.c",
     "process.c",
 ]
 WARNINGS = ["-Wall", "-Wextra", "-Werror"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import socket
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from mirrord.protocol import (
     IncomingFd,
     Message,
     RequestFailed,
+    origins,
 )
 from mirrord.proxy.agent_client import AgentClient
 from mirrord.proxy.listeners import Listeners
@@ -44,11 +46,19 @@ class _Origin:
 class IncomingRouter:
     """Subscriptions of every layer, and the app-side end of each incoming connection."""
 
-    def __init__(self, agent: AgentClient, tg: anyio.abc.TaskGroup, pass_fds: bool = True) -> None:
+    def __init__(
+        self,
+        agent: AgentClient,
+        tg: anyio.abc.TaskGroup,
+        pass_fds: bool = True,
+        table: mmap.mmap | None = None,
+    ) -> None:
         self.agent = agent
         self.tg = tg
         self.listeners = Listeners(agent, pass_fds)
+        # for layers that ask (and for stolen sockets); `table` spares the others the asking
         self._origins: OrderedDict[tuple[int, int], _Origin] = OrderedDict()
+        self._table = table
 
     def conn_info(self, msg: ConnInfo) -> tuple[Message, int | None]:
         """The origin of a connection the app accepted, and the stolen socket if unclaimed
@@ -82,7 +92,13 @@ class IncomingRouter:
         try:
             # bind first: the app may accept() and ask who we are before connect() returns here
             sock.bind((sub.app_host, 0))
-            self._origins[(sub.app_port, sock.getsockname()[1])] = origin
+            port = sock.getsockname()[1]
+            self._origins[(sub.app_port, port)] = origin
+            if self._table is not None:
+                found = origins.Origin.of(origin.info, ask=origin.fd is not None)
+                origins.write_origin(
+                    self._table, family == socket.AF_INET6, port, sub.app_port, found
+                )
             while len(self._origins) > CONN_INFO_MEMORY:
                 _, stale = self._origins.popitem(last=False)
                 if stale.fd is not None:
@@ -149,6 +165,16 @@ class IncomingRouter:
                 if leftover is not None:
                     os.close(leftover)
             origin.fd = None
+
+
+def create_origin_table(path: str) -> mmap.mmap:
+    """The origin table the layers read (see mirrord.protocol.origins), only ours to read."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, origins.TABLE_SIZE)  # sparse: pages appear as slots are written
+        return mmap.mmap(fd, origins.TABLE_SIZE)
+    finally:
+        os.close(fd)
 
 
 def _info(msg: IncomingConnection | IncomingFd) -> ConnInfoReply:

@@ -22,9 +22,9 @@ from mirrord.process.lifecycle import (
     stop_on_signal,
     take_secrets,
 )
-from mirrord.protocol import ProtocolError
+from mirrord.protocol import ProtocolError, origins
 from mirrord.proxy.agent_client import AgentClient
-from mirrord.proxy.incoming import IncomingRouter
+from mirrord.proxy.incoming import IncomingRouter, create_origin_table
 from mirrord.proxy.layer_server import ProxyState, handle_layer
 from mirrord.system.procfs import process_start
 from mirrord.wire.carrier import Carrier
@@ -105,7 +105,8 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
         tg.start_soon(agent.run)
         tg.start_soon(agent.keepalive)
         tg.start_soon(stop_on_signal, tg.cancel_scope, log)
-        incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing)
+        table = create_origin_table(origins.table_path(args.socket))
+        incoming = IncomingRouter(agent, tg, pass_fds=not args.no_fd_passing, table=table)
         agent.on_incoming = incoming.on_incoming
         tg.start_soon(incoming.listeners.run_sweeps)
         state = ProxyState(
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         # a local agent is shared by the target's sessions: it leaves on its own when idle
         Path(args.socket).unlink(missing_ok=True)
+        Path(origins.table_path(args.socket)).unlink(missing_ok=True)
     if healthy and args.workdir:
         # a session that went well leaves nothing; otherwise its log stays for a look
         shutil.rmtree(args.workdir, ignore_errors=True)

@@ -14,6 +14,10 @@
 #include "relay.h"
 
 static const char *MODES[] = {"off", "mirror", "steal"};
+/* The backlog of a subscribed listener: the target's clients queue at the agent, and the
+ * intproxy's connections into the app come in bursts that a small queue (http.server's
+ * is 5) would drop, each dropped SYN waiting a second for its retransmission. */
+#define TARGET_BACKLOG 1024
 
 static int with_port(const struct sockaddr *addr, socklen_t len, int port,
                      struct sockaddr_storage *out) {
@@ -213,13 +217,56 @@ EXPORT int listen(int fd, int backlog) {
     if (live && live->listening)
         live->subscribed = 1;
     pthread_mutex_unlock(&fd_lock);
+    if (backlog >= 0 && backlog < TARGET_BACKLOG)
+        real_listen(fd, TARGET_BACKLOG);
     if (relay_debug())
         relay_log("subscribed to the target's port %d (%s)", st.remote_port,
                   MODES[relay_rules.incoming_mode]);
     return 0;
 }
 
-/* Who is really behind a connection the app accepted from a subscribed listener. */
+/* The intproxy's answer about the connection from `peer_port`: the origin, or the
+ * stolen socket itself (then `fd` becomes it, and `peer` its peer). 0: a local client,
+ * or no answer. */
+static int ask_origin(int fd, int listen_port, int peer_port, struct sockaddr_storage *peer,
+                      socklen_t *peer_len, struct sockaddr_storage *remote, socklen_t *remote_len,
+                      struct sockaddr_storage *local, socklen_t *local_len) {
+    uint8_t buf[128];
+    struct mpw w;
+    struct reply reply;
+    int stolen = -1, family = peer->ss_family;
+    int64_t req = chan_next_req();
+    mpw_init(&w, buf, sizeof buf);
+    frame_conn_info(&w, req, listen_port, peer_port);
+    int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &stolen, 0);
+    mpw_free(&w);
+    if (got != CHAN_OK)
+        return 0;
+    if (reply.type != R_CONN_INFO_REPLY) { /* a local client, not one of the target's */
+        reply_free(&reply);
+        if (stolen >= 0)
+            real_close(stolen);
+        return 0;
+    }
+    *local_len = shaped_address(family, reply.local_host, (int)reply.local_port, local);
+    if (stolen >= 0) {
+        /* the stolen socket itself takes the stand-in's place: no byte is relayed */
+        fd_forget(fd);
+        if (adopt_socket(fd, stolen, 0) == 0) {
+            *peer_len = sizeof *peer;
+            real_getpeername(fd, (struct sockaddr *)peer, peer_len);
+            *remote = *peer;
+            *remote_len = *peer_len;
+        }
+    } else {
+        *remote_len = shaped_address(family, reply.remote_host, (int)reply.remote_port, remote);
+    }
+    reply_free(&reply);
+    return *remote_len != 0;
+}
+
+/* Who is really behind a connection the app accepted from a subscribed listener: the
+ * origin table says, else the intproxy is asked. */
 static void claim(int listen_fd, int fd, struct sockaddr *addr, socklen_t *addrlen,
                   socklen_t room) {
     struct fdstate st;
@@ -232,41 +279,13 @@ static void claim(int listen_fd, int fd, struct sockaddr *addr, socklen_t *addrl
     if (real_getpeername(fd, (struct sockaddr *)&peer, &peer_len) ||
         ipkey_from_sockaddr((struct sockaddr *)&peer, peer_len, &ip, &peer_port))
         return;
-    uint8_t buf[128];
-    struct mpw w;
-    struct reply reply;
-    int stolen = -1;
-    int64_t req = chan_next_req();
-    mpw_init(&w, buf, sizeof buf);
-    frame_conn_info(&w, req, bound_port(listen_fd), peer_port);
-    int got = w.failed ? CHAN_UNAVAILABLE : chan_request(w.buf, w.len, req, &reply, &stolen, 0);
-    mpw_free(&w);
-    if (got != CHAN_OK)
-        return;
-    if (reply.type != R_CONN_INFO_REPLY) { /* a local client, not one of the target's */
-        reply_free(&reply);
-        if (stolen >= 0)
-            real_close(stolen);
-        return;
-    }
-    int family = peer.ss_family;
+    int listen_port = bound_port(listen_fd);
     struct sockaddr_storage remote, local;
-    socklen_t remote_len = 0;
-    socklen_t local_len = shaped_address(family, reply.local_host, (int)reply.local_port, &local);
-    if (stolen >= 0) {
-        /* the stolen socket itself takes the stand-in's place: no byte is relayed */
-        fd_forget(fd);
-        if (adopt_socket(fd, stolen, 0) == 0) {
-            peer_len = sizeof peer;
-            real_getpeername(fd, (struct sockaddr *)&peer, &peer_len);
-            remote = peer;
-            remote_len = peer_len;
-        }
-    } else {
-        remote_len = shaped_address(family, reply.remote_host, (int)reply.remote_port, &remote);
-    }
-    reply_free(&reply);
-    if (!remote_len)
+    socklen_t remote_len = 0, local_len = 0;
+    if (!origin_lookup(peer.ss_family == AF_INET6, peer_port, listen_port, peer.ss_family,
+                       &remote, &remote_len, &local, &local_len) &&
+        !ask_origin(fd, listen_port, peer_port, &peer, &peer_len, &remote, &remote_len, &local,
+                    &local_len))
         return;
     pthread_mutex_lock(&fd_lock);
     struct fdstate *mine = fd_ensure(fd);

@@ -119,4 +119,12 @@ int same_address(const struct sockaddr *a, socklen_t alen, const struct sockaddr
 int adopt_socket(int fd, int incoming, int udp);
 int socket_type(int fd);
 
+/* ---- the intproxy's origin table (origins.c) */
+
+/* The origin of the intproxy's connection from `port` (IPv6 or not) to the app's
+ * `app_port`, shaped for `family`: 1 when the table holds it (and no stolen socket waits
+ * to be claimed), else 0 and the intproxy is asked. */
+int origin_lookup(int ipv6, int port, int app_port, int family, struct sockaddr_storage *remote,
+                  socklen_t *remote_len, struct sockaddr_storage *local, socklen_t *local_len);
+
 #endif
