@@ -229,6 +229,48 @@ async def test_data_right_behind_its_announcement_is_kept() -> None:
         assert (greeting, echoed) == (b"HELLO\n", b"late")
 
 
+async def test_frames_of_one_pass_arrive_whole_in_order_each_descriptor_with_its_frame() -> None:
+    """What one pass of the loop writes leaves together; a frame with a descriptor goes in
+    a call of its own, and its caller may close the descriptor as soon as it returns."""
+    from mirrord.protocol import IncomingFd, Ping
+
+    a, b = socket.socketpair()
+    sender, receiver = Link(a), Link(b, accept_fds=True)
+    pipes = [os.pipe() for _ in range(3)]
+    expected: list[Any] = []
+    try:
+        for i in range(300):  # all written without yielding to the loop
+            if i % 100 == 50:
+                readable, _ = pipes[i // 100]
+                msg: Any = IncomingFd(
+                    port=i, remote_host="h", remote_port=1, local_host="l", local_port=2
+                )
+                sender.send_nowait(msg, readable)
+                os.close(readable)  # ours to close once the call returns
+            elif i % 2:
+                msg = Ping(seq=i)
+                sender.send_nowait(msg)
+            else:
+                msg = Data(conn=i, data=os.urandom(i * 37))
+                sender.send_data(msg.conn, msg.data)
+            expected.append(msg)
+        with anyio.fail_after(10):
+            for want in expected:
+                got = await receiver.receive()
+                assert got == want
+                if isinstance(got, IncomingFd):
+                    _, writable = pipes[(got.port - 50) // 100]
+                    os.write(writable, b"pipe %d" % got.port)
+                    fd = receiver.take_fd()
+                    assert os.read(fd, 64) == b"pipe %d" % got.port
+                    os.close(fd)
+    finally:
+        for _, writable in pipes:
+            os.close(writable)
+        await sender.aclose()
+        await receiver.aclose()
+
+
 async def test_a_tcp_link_carries_connections_and_sends_small_frames_at_once() -> None:
     async with muxes(tcp=True) as pair, server(greet_and_echo) as address:
         # a Credit or a request is a small write of its own: with Nagle it would wait for

@@ -3,9 +3,11 @@
 The data plane of every relayed connection runs through here, so the link is driven by
 the event loop's readiness callbacks rather than by a task per read: the reader hands
 connection frames (Data, Eof, Close, Credit) to the Mux at once, in the loop's callback,
-and queues the rest for `receive()`; writes go straight to the socket while it takes
-them and are buffered (with their descriptors) while it does not. Data frames are
-written as a small header plus the caller's bytes (no copy of the payload).
+and queues the rest for `receive()`. What one pass of the loop writes goes out together,
+in one sendmsg() at the end of that pass (one system call, and one wake-up of the peer,
+for the Data, Eof and Close of many connections); what the socket does not take waits
+(with its descriptors) for it to be writable. Data frames are written as a small header
+plus the caller's bytes (no copy of the payload).
 
 Over a unix socket a frame may carry a file descriptor (SCM_RIGHTS). Descriptors arrive
 no later than the bytes of their frame and in order, so the reader queues them and the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -50,6 +53,8 @@ INBOX_LIMIT = 4096
 #: Bytes buffered for the socket above which writers are asked to wait (or pause).
 HIGH_WATER = 4 * 1024 * 1024
 LOW_WATER = 1024 * 1024
+#: Buffers one sendmsg() takes (the kernel's IOV_MAX is 1024).
+MAX_PARTS = 512
 
 
 class Link:
@@ -95,6 +100,8 @@ class Link:
         self._drained.set()
         self._congested = False
         self._closed = False
+        self._writer_on = False  # waiting for the socket to take more
+        self._batching = False  # a send of what this pass of the loop wrote is due
 
     # -- reading ---------------------------------------------------------------------
 
@@ -216,29 +223,52 @@ class Link:
 
     def _write(self, parts: list[memoryview], fd: int | None) -> None:
         self._check_writable()
-        if not self._out:
-            size = sum(len(p) for p in parts)
-            try:
-                sent = self._send(parts, fd)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail_writes(exc)
-                raise anyio.BrokenResourceError from exc
-            if sent == size:
-                if self._carrier is not None and self._carrier.backlogged:
-                    self._carrier_backlogged()
+        if fd is not None:
+            if self._out and not self._writer_on:
+                self._send_out()  # what was written before goes first
+            if not self._out:
+                self._write_now(parts, fd)
                 return
-            if sent:
-                parts, fd = _advance(parts, sent), None  # the fd went with the first byte
-            self._loop.add_writer(self._fileno, self._on_writable)
-        # the caller closes its descriptor when we return: ours must outlive the wait
-        self._out.append((parts, None if fd is None else os.dup(fd)))
+            fd = os.dup(fd)  # the caller closes its descriptor when we return
+        self._queue(parts, fd)
+        if not self._writer_on and not self._batching:
+            # what else this pass of the loop writes goes in the same sendmsg: one
+            # system call and one wake-up of the peer for many frames
+            self._batching = True
+            self._loop.call_soon(self._send_batch)
+
+    def _write_now(self, parts: list[memoryview], fd: int) -> None:
+        """A frame with a descriptor goes at once: no copy of the descriptor to keep."""
+        size = sum(len(p) for p in parts)
+        try:
+            sent = self._send(parts, fd)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail_writes(exc)
+            raise anyio.BrokenResourceError from exc
+        if sent == size:
+            if self._carrier is not None and self._carrier.backlogged:
+                self._carrier_backlogged()
+            return
+        if sent:
+            self._queue(_advance(parts, sent), None)  # the fd went with the first byte
+        else:
+            self._queue(parts, os.dup(fd))
+        self._want_writable()
+
+    def _queue(self, parts: list[memoryview], fd: int | None) -> None:
+        self._out.append((parts, fd))
         self._out_bytes += sum(len(p) for p in parts)
         if self._out_bytes > HIGH_WATER and not self._congested:
             self._congested = True
             if self.on_congestion is not None:
                 self.on_congestion(True)
+
+    def _send_batch(self) -> None:
+        self._batching = False
+        if not self._writer_on and not self._closed and not isinstance(self._ended, OSError):
+            self._send_out()
 
     def _send(self, parts: list[memoryview], fd: int | None) -> int:
         if self._carrier is not None:
@@ -248,10 +278,15 @@ class Link:
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
         return self.sock.sendmsg(parts, rights)
 
+    def _want_writable(self) -> None:
+        if not self._writer_on:
+            self._loop.add_writer(self._fileno, self._on_writable)
+            self._writer_on = True
+
     def _carrier_backlogged(self) -> None:
         """The carrier holds bytes the socket did not take: write them when it can."""
         if not self._closed and not isinstance(self._ended, OSError):
-            self._loop.add_writer(self._fileno, self._on_writable)
+            self._want_writable()
 
     def _on_writable(self) -> None:
         if self._carrier is not None:
@@ -261,27 +296,49 @@ class Link:
             except OSError as exc:
                 self._fail_writes(exc)
                 return
-        while self._out:
-            parts, fd = self._out[0]
+        self._send_out()
+
+    def _send_out(self) -> None:
+        """Write what is queued, many frames per call, until the socket takes no more."""
+        out = self._out
+        while out:
+            # frames up to the next one with a descriptor (which starts a call of its own)
+            parts, fd = out[0]
+            if len(out) > 1:
+                parts = list(parts)
+                for more, more_fd in itertools.islice(out, 1, None):
+                    if more_fd is not None or len(parts) + len(more) > MAX_PARTS:
+                        break
+                    parts.extend(more)
             try:
                 sent = self._send(parts, fd)
             except (BlockingIOError, InterruptedError):
+                self._want_writable()
                 return
             except OSError as exc:
                 self._fail_writes(exc)
                 return
             if fd is not None:
-                os.close(fd)
-            size = sum(len(p) for p in parts)
+                os.close(fd)  # it went with the first byte
+                out[0] = (out[0][0], None)
             self._out_bytes -= sent
-            if sent < size:
-                self._out[0] = (_advance(parts, sent), None)
+            short = sent < sum(len(p) for p in parts)
+            while sent:
+                first = out[0][0]
+                size = sum(len(p) for p in first)
+                if sent < size:
+                    out[0] = (_advance(first, sent), None)
+                    break
+                sent -= size
+                out.popleft()
+            if short:  # the socket is full: on when it is writable again
+                self._want_writable()
                 self._wake_writers()
                 return
-            self._out.popleft()
         self._out_bytes = 0
-        if self._carrier is None or not self._carrier.backlogged:
+        if self._writer_on and (self._carrier is None or not self._carrier.backlogged):
             self._loop.remove_writer(self._fileno)
+            self._writer_on = False
         self._wake_writers()
 
     def _wake_writers(self) -> None:
@@ -294,6 +351,7 @@ class Link:
 
     def _fail_writes(self, exc: OSError) -> None:
         self._loop.remove_writer(self._fileno)
+        self._writer_on = False
         for _, fd in self._out:
             if fd is not None:
                 os.close(fd)
@@ -334,6 +392,7 @@ class Link:
 
     async def flush(self) -> None:
         """Wait until everything written has reached the socket."""
+        self._send_batch()
         while self._unsent() and not self._closed and not isinstance(self._ended, OSError):
             self._drained.clear()
             if self._out_bytes <= LOW_WATER:
@@ -368,6 +427,7 @@ class Link:
         self._closed = True
         self._stop_reading()
         self._loop.remove_writer(self._fileno)
+        self._writer_on = False
         for _, fd in self._out:
             if fd is not None:
                 os.close(fd)
