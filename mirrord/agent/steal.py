@@ -32,6 +32,7 @@ from mirrord.http.head import RequestHead
 from mirrord.system.procfs import open_connections_on
 from mirrord.wire.handler_end import Handler
 from mirrord.wire.splice import splice_sockets
+from mirrord.wire.tasks import TaskSet
 
 log = logging.getLogger("mirrord.agent")
 
@@ -141,14 +142,9 @@ class _StealerDestination:
     async def open(self, sink: Sink) -> Channel:
         stealer = self.stealer
         try:
-            with anyio.fail_after(QUEUE_TIMEOUT):
-                await stealer.slots.acquire()
-        except TimeoutError:
-            raise StealError(
-                f"the local app has {MAX_IN_FLIGHT} requests in flight and took no other"
-                f" for {QUEUE_TIMEOUT:.0f} s",
-                503,
-            ) from None
+            stealer.slots.acquire_nowait()  # (a timed wait costs a cancel scope: only if full)
+        except anyio.WouldBlock:
+            await self._wait_for_slot()
         channel = _AppChannel(sink, stealer)
         if stealer.gone or not await deliver(
             stealer.session, channel, self.target, self.peer, "steal"
@@ -156,6 +152,17 @@ class _StealerDestination:
             channel.close()
             raise StealError("the local app's session is gone", fallback=True)
         return channel
+
+    async def _wait_for_slot(self) -> None:
+        try:
+            with anyio.fail_after(QUEUE_TIMEOUT):
+                await self.stealer.slots.acquire()
+        except TimeoutError:
+            raise StealError(
+                f"the local app has {MAX_IN_FLIGHT} requests in flight and took no other"
+                f" for {QUEUE_TIMEOUT:.0f} s",
+                503,
+            ) from None
 
 
 class StealService:
@@ -193,6 +200,8 @@ class StealService:
             self.listeners.append(sock)
             self.redirects.append(Redirects(sock.getsockname()[1], tool))
         assert state.tg is not None
+        self.connections = TaskSet("a stolen connection")
+        state.tg.start_soon(self.connections.run)
         for sock in self.listeners:
             state.tg.start_soon(self._accept_loop, sock)
 
@@ -304,8 +313,7 @@ class StealService:
                 log.warning("stealing: accept failed (%s); retrying in %.1f s", exc, ACCEPT_BACKOFF)
                 await anyio.sleep(ACCEPT_BACKOFF)
                 continue
-            assert self.state.tg is not None
-            self.state.tg.start_soon(self._handle, conn, peer)
+            self.connections.spawn(self._handle, conn, peer)
 
     async def _handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         handed_on = False

@@ -26,6 +26,7 @@ from mirrord.proxy.listeners import Listeners
 from mirrord.proxy.mirror_to_app import MirrorToApp
 from mirrord.wire.connect import connect
 from mirrord.wire.splice import splice_sockets
+from mirrord.wire.tasks import TaskSet
 
 log = logging.getLogger("mirrord.proxy")
 #: Accepted connections whose origin the layers may still ask about.
@@ -59,6 +60,8 @@ class IncomingRouter:
         # for layers that ask (and for stolen sockets); `table` spares the others the asking
         self._origins: OrderedDict[tuple[int, int], _Origin] = OrderedDict()
         self._table = table
+        self.deliveries = TaskSet("a connection into the app")
+        tg.start_soon(self.deliveries.run)
 
     def conn_info(self, msg: ConnInfo) -> tuple[Message, int | None]:
         """The origin of a connection the app accepted, and the stolen socket if unclaimed
@@ -76,9 +79,9 @@ class IncomingRouter:
         """Called in order by the agent link reader (the connection is open in the Mux
         already, its Data waiting there)."""
         if isinstance(msg, IncomingConnection):
-            self.tg.start_soon(self._deliver, msg)
+            self.deliveries.spawn(self._deliver, msg)
         elif fd is not None:
-            self.tg.start_soon(self._deliver_fd, msg, fd)
+            self.deliveries.spawn(self._deliver_fd, msg, fd)
 
     async def _connect_app(
         self, msg: IncomingConnection | IncomingFd, origin: _Origin
