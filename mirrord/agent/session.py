@@ -20,6 +20,7 @@ from mirrord.protocol import Message, Ping, Pong
 from mirrord.protocol.directions import refusal
 from mirrord.wire.link import Link
 from mirrord.wire.mux import Mux
+from mirrord.wire.tasks import TaskSet
 
 log = logging.getLogger("mirrord.agent")
 
@@ -86,6 +87,8 @@ class ClientSession:
         self.link = link
         self.tg = tg
         self.mux = Mux(link, tg)
+        self.requests = TaskSet("a request of a client")
+        tg.start_soon(self.requests.run)
         self.features = [feature(self) for feature in features]
         self._routes: dict[type[Message], Feature] = {
             kind: feature for feature in self.features for kind in feature.handles
@@ -96,7 +99,7 @@ class ClientSession:
             msg = await self.link.receive()  # connection frames went to the Mux already
             feature = self._routes.get(type(msg))
             if feature is not None:
-                self.tg.start_soon(self.link.guarded, feature.handle, msg, "agent")
+                self.requests.spawn(self.link.guarded, feature.handle, msg, "agent")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
             else:

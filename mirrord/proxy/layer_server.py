@@ -31,6 +31,7 @@ from mirrord.proxy.incoming import IncomingRouter
 from mirrord.proxy.outgoing import Outgoing
 from mirrord.wire.link import Link
 from mirrord.wire.serve import serve_link
+from mirrord.wire.tasks import TaskSet
 
 log = logging.getLogger("mirrord.proxy")
 
@@ -56,6 +57,8 @@ class LayerSession:
         self.link = link
         self.tg = tg
         self.outgoing = Outgoing(state.agent, link, tg, state.pass_fds)
+        self.requests = TaskSet("a request of a layer")
+        tg.start_soon(self.requests.run)
         #: requests that need more than forwarding to the agent
         self.handlers: dict[type[Message], Callable[[Any], Awaitable[None]]] = {
             Connect: self.outgoing.connect,
@@ -70,14 +73,14 @@ class LayerSession:
             msg = await self.link.receive()
             handler = self.handlers.get(type(msg))
             if handler is not None:
-                self.tg.start_soon(self.link.guarded, handler, msg, "intproxy")
+                self.requests.spawn(self.link.guarded, handler, msg, "intproxy")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))
             elif isinstance(msg, ListenerClosed):
                 await self.state.incoming.listeners.sweep()
             elif type(msg) in FORWARDED_REQUESTS:
                 # a plain request (name lookup, env, files...): the agent answers it
-                self.tg.start_soon(self.link.guarded, self.forward, msg, "intproxy")
+                self.requests.spawn(self.link.guarded, self.forward, msg, "intproxy")
             else:
                 await self.refuse(msg)
 
