@@ -238,7 +238,8 @@ class Link:
             self._loop.call_soon(self._send_batch)
 
     def _write_now(self, parts: list[memoryview], fd: int) -> None:
-        """A frame with a descriptor goes at once: no copy of the descriptor to keep."""
+        """A frame with a descriptor goes at once: no copy of the descriptor to keep
+        (a unix socket's: a carrier never takes descriptors)."""
         size = sum(len(p) for p in parts)
         try:
             sent = self._send(parts, fd)
@@ -248,8 +249,6 @@ class Link:
             self._fail_writes(exc)
             raise anyio.BrokenResourceError from exc
         if sent == size:
-            if self._carrier is not None and self._carrier.backlogged:
-                self._carrier_backlogged()
             return
         if sent:
             self._queue(_advance(parts, sent), None)  # the fd went with the first byte
