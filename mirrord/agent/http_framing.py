@@ -144,20 +144,28 @@ def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     return fields
 
 
-def _tokens(fields: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    values = [v for n, v in fields if n.lower() == name]
+def _by_name(fields: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """The values of each header, by its name in lower case (looked up several times)."""
+    named: dict[bytes, list[bytes]] = {}
+    for name, value in fields:
+        named.setdefault(name.lower(), []).append(value)
+    return named
+
+
+def _tokens(named: dict[bytes, list[bytes]], name: bytes) -> list[bytes]:
+    values = named.get(name)
+    if not values:
+        return []
     return [t.strip().lower() for t in b",".join(values).split(b",") if t.strip()]
 
 
-def _framing(fields: list[tuple[bytes, bytes]]) -> tuple[int | None, bool, bool]:
+def _framing(named: dict[bytes, list[bytes]]) -> tuple[int | None, bool, bool]:
     """(content length or None, chunked, transfer-encoding present)."""
-    codings = _tokens(fields, b"transfer-encoding")
+    codings = _tokens(named, b"transfer-encoding")
     if codings:
         return None, codings[-1] == b"chunked", True
     # "5, 5" is one length said twice; two different lengths are a smuggling attempt
-    lengths = {
-        x.strip() for n, v in fields if n.lower() == b"content-length" for x in v.split(b",")
-    }
+    lengths = {x.strip() for v in named.get(b"content-length", ()) for x in v.split(b",")}
     if not lengths:
         return None, False, False
     length = lengths.pop()
@@ -205,10 +213,11 @@ def parse_request(buffer: bytes | bytearray, start: int = 0) -> Request | None:
         raise NotHttp(f"bad request line {lines[0][:60]!r}")
     method, target, version = line.groups()
     fields = _fields(lines[1:])
-    length, chunked, coded = _framing(fields)
+    named = _by_name(fields)
+    length, chunked, coded = _framing(named)
     if coded and not chunked:
         raise NotHttp("a request body without a length")
-    connection = _tokens(fields, b"connection")
+    connection = _tokens(named, b"connection")
     head = RequestHead(
         method=method.decode("latin-1"),
         target=target.decode("latin-1"),
@@ -221,8 +230,8 @@ def parse_request(buffer: bytes | bytearray, start: int = 0) -> Request | None:
         method=method,
         body=Body(length or 0, chunked),
         keep_alive=_keep_alive(version, connection),
-        upgrade=b"upgrade" in connection and any(n.lower() == b"upgrade" for n, _ in fields),
-        expects_continue=b"100-continue" in _tokens(fields, b"expect"),
+        upgrade=b"upgrade" in connection and b"upgrade" in named,
+        expects_continue=b"100-continue" in _tokens(named, b"expect"),
     )
 
 
@@ -238,7 +247,7 @@ def parse_response(buffer: bytes | bytearray, start: int, request: Request) -> R
     if line is None:
         raise NotHttp(f"bad status line {lines[0][:60]!r}")
     version, status = line.group(1), int(line.group(2))
-    fields = _fields(lines[1:])
+    named = _by_name(_fields(lines[1:]))
     switched = (status == 101 and request.upgrade) or (
         request.method == b"CONNECT" and 200 <= status < 300
     )
@@ -247,7 +256,7 @@ def parse_response(buffer: bytes | bytearray, start: int, request: Request) -> R
     if switched or status < 200 or status in (204, 304) or request.method == b"HEAD":
         body = Body(0)
     else:
-        length, chunked, coded = _framing(fields)
+        length, chunked, coded = _framing(named)
         body = Body(None if coded and not chunked else length, chunked)
-    keep_alive = _keep_alive(version, _tokens(fields, b"connection")) and not body.until_close
+    keep_alive = _keep_alive(version, _tokens(named, b"connection")) and not body.until_close
     return Response(status, end - start, body, keep_alive, switched)
