@@ -273,9 +273,10 @@ FORWARD = {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["crea
     ("rules", "denied"),
     [
         ([READ, *MAKE_AGENT], 'create resource "pods/portforward"'),
+        ([READ, *MAKE_AGENT, {**FORWARD, "verbs": ["create"]}], 'get resource "pods/portforward"'),
         ([READ, MAKE_AGENT[0], FORWARD], 'create resource "jobs" in API group "batch"'),
     ],
-    ids=["no-portforward", "no-jobs-create"],
+    ids=["no-portforward", "no-portforward-get", "no-jobs-create"],
 )
 def test_missing_rbac_is_named(
     staging: Staging, tmp_path: Path, rules: list[dict], denied: str

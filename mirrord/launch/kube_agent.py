@@ -74,7 +74,9 @@ def kube_agent_for(
     resolved = resolve(cluster.api, parse_kube_target(target), namespace)
     settings = AgentSettings.from_config(cfg.agent)
     agent_ns = resolved.namespace if settings.ephemeral else settings.namespace or namespace
-    require(cluster.api, agent_ns, "create", "pods/portforward", "cannot reach an agent")
+    # the port-forward's websocket upgrade is a GET, which the API server also checks as create
+    for verb in ("create", "get"):
+        require(cluster.api, agent_ns, verb, "pods/portforward", "cannot reach an agent")
     pod = None if fresh else find_agent(cluster.api, settings, resolved)
     if pod is not None:
         progress.step(f"joining the agent in pod {pod.namespace}/{pod.pod}")
