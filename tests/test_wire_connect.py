@@ -79,3 +79,44 @@ async def test_a_cancelled_connect_leaves_no_watcher() -> None:
             await connect(sock, address, timeout=30)
         assert scope.cancelled_caught
         assert not asyncio.get_running_loop().remove_writer(sock.fileno())
+
+
+# ------------------------------------------------------- the intproxy's one-shot relay listener
+
+
+async def test_the_apps_connection_to_its_relay_is_taken_and_a_late_one_is_not_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mirrord.proxy import outgoing
+
+    listener, relay = outgoing._relay_listener()
+    with listener:
+        app = socket.create_connection(relay)
+        taken = await outgoing._accept_app(listener, relay)
+        assert taken is not None
+        with app, taken:
+            app.send(b"hi")
+            assert taken.recv(2) == b"hi"
+    monkeypatch.setattr(outgoing, "RELAY_ACCEPT_TIMEOUT", 0.2)
+    listener, relay = outgoing._relay_listener()
+    with listener:
+        with anyio.fail_after(5):
+            assert await outgoing._accept_app(listener, relay) is None  # the app never came
+        # no watcher is left on the listener (remove_reader says whether there was one)
+        assert not asyncio.get_running_loop().remove_reader(listener.fileno())
+
+
+async def test_a_relay_wait_that_is_cancelled_leaves_no_socket_behind() -> None:
+    from mirrord.proxy import outgoing
+
+    listener, relay = outgoing._relay_listener()
+    with listener:
+        with anyio.move_on_after(0.2):
+            await outgoing._accept_app(listener, relay)
+        assert not asyncio.get_running_loop().remove_reader(listener.fileno())
+        app = socket.create_connection(relay)  # after the wait: nobody takes it
+        with app:
+            await anyio.sleep(0.05)
+            app.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                app.recv(1)  # neither data nor a close: queued, not accepted and dropped

@@ -10,6 +10,7 @@ relayed connection carries the remote's bytes once it connects, or is reset if i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from mirrord.proxy.agent_client import AgentClient
 from mirrord.wire.link import Link
 from mirrord.wire.mux import RelayUdpPipe, linger_zero
 from mirrord.wire.splice import splice_sockets
+from mirrord.wire.wait import within
 
 log = logging.getLogger("mirrord.proxy")
 #: How long a relay address waits for the app's connect before the remote side is dropped.
@@ -156,14 +158,31 @@ def _relay_listener() -> tuple[socket.socket, tuple]:
 
 
 async def _accept_app(listener: socket.socket, relay: tuple) -> socket.socket | None:
-    """The app's connection to its relay (it connects right after our reply)."""
-    with anyio.move_on_after(RELAY_ACCEPT_TIMEOUT):
-        while True:
-            await anyio.wait_readable(listener)
-            try:
-                app, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                continue
-            return app
+    """The app's connection to its relay (it connects right after our reply), taken in
+    the loop's readiness callback: no task wake-up between the app's connect and us."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[None] = loop.create_future()
+    taken: list[socket.socket] = []
+
+    def readable() -> None:
+        try:
+            taken.append(listener.accept()[0])
+        except (BlockingIOError, InterruptedError):
+            return
+        loop.remove_reader(listener.fileno())
+        if not accepted.done():
+            accepted.set_result(None)
+
+    loop.add_reader(listener.fileno(), readable)
+    came = False
+    try:
+        came = await within(accepted, RELAY_ACCEPT_TIMEOUT)
+    finally:
+        loop.remove_reader(listener.fileno())
+        if not came:  # (cancelled, or timed out)
+            for sock in taken:
+                sock.close()
+    if came:
+        return taken[0]
     log.warning("the app never connected to relay %s; dropping", relay)
     return None
