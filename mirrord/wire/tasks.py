@@ -30,6 +30,7 @@ class TaskSet:
         task.add_done_callback(self._done)
 
     def __len__(self) -> int:
+        """Tasks not finished yet."""
         return len(self._tasks)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
