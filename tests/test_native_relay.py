@@ -52,6 +52,7 @@ from mirrord.protocol import (
     Resolved,
     Subscribe,
     Subscribed,
+    origins,
 )
 from mirrord.protocol.codec import ProtocolError, decode_payload, encode
 from mirrord.settings.contract import LayerSettings
@@ -414,6 +415,44 @@ def test_relay_decides_as_the_python_layer(
     got = run_check(check, "rules", str(table), data=("\n".join(lines) + "\n").encode())
     assert got[0] == "ready"
     assert got[1:] == python_decisions(layer, debugger, queries)
+
+
+ORIGIN = st.builds(
+    origins.Origin,
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str),
+    st.integers(0, 65535),
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str),
+    st.integers(0, 65535),
+    st.booleans(),
+)
+SLOT = st.tuples(st.booleans(), st.integers(0, 65535), st.integers(0, 65535))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(written=st.lists(st.tuples(SLOT, ORIGIN), max_size=8), asked=st.lists(SLOT, max_size=8))
+def test_the_relay_reads_the_origin_table_as_the_intproxy_writes_it(
+    check: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    written: list[tuple[tuple[bool, int, int], origins.Origin]],
+    asked: list[tuple[bool, int, int]],
+) -> None:
+    table = bytearray(origins.TABLE_SIZE)
+    for (ipv6, port, app_port), origin in written:
+        origins.write_origin(table, ipv6, port, app_port, origin)
+    path = tmp_path_factory.mktemp("origins") / "proxy.sock.origins"
+    path.write_bytes(table)
+    queries = [slot for slot, _ in written] + asked
+    lines = "".join(f"{int(ipv6)} {port} {app_port}\n" for ipv6, port, app_port in queries)
+    expected = []
+    for ipv6, port, app_port in queries:
+        found = origins.read_origin(table, ipv6, port, app_port)
+        expected.append(
+            "none"
+            if found is None
+            else f"{found.remote_host} {found.remote_port} {found.local_host}"
+            f" {found.local_port} {int(found.ask)}"
+        )
+    assert run_check(check, "origins", str(path), data=lines.encode()) == expected
 
 
 def test_skip_matches_the_executable_or_argv0(check: Path, tmp_path: Path) -> None:

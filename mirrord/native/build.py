@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 SOURCES_DIR = HERE / "src"
 LIBRARY_NAME = "libmirrord_relay.so"
 #: the relay proper; the sans-I/O cores are shared with the check driver
-CORE = ["mp.c", "frames.c", "rules.c"]
+CORE = ["mp.c", "frames.c", "rules.c", "origin_slot.c"]
 HOOKS = [
     "real.c",
     "fdstate.c",

@@ -4,6 +4,7 @@
  *   relay_check frames          stdin: [u32 big-endian length][payload]...; one line each
  *   relay_check rules TABLE     stdin: one query a line (see `query` below)
  *   relay_check encode          stdin: one request a line; stdout: its frame in hex
+ *   relay_check origins TABLE   stdin: "IPV6 PORT APP_PORT" a line; stdout: the slot decoded
  *
  * Built with -DFUZZER it is a libFuzzer target instead (LLVMFuzzerTestOneInput). */
 #include <arpa/inet.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "frames.h"
+#include "origin_slot.h"
 #include "rules.h"
 
 static const char *TYPES[] = {"unknown", "hello_ok", "error", "connected", "connected_fd",
@@ -192,6 +194,31 @@ static int encode(void) {
     return 0;
 }
 
+/* a table file as the intproxy writes it, read as the relay reads it */
+static int origins_mode(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        perror(path);
+        return 1;
+    }
+    static uint8_t slot[ORIGIN_SLOT_SIZE];
+    char line[256];
+    int ipv6, port, app_port;
+    while (fgets(line, sizeof line, stdin)) {
+        struct origin o;
+        if (sscanf(line, "%d %d %d", &ipv6, &port, &app_port) != 3 || port < 0 ||
+            port >= ORIGIN_PORTS || fseek(f, (long)origin_offset(ipv6, port), SEEK_SET) ||
+            fread(slot, 1, sizeof slot, f) != sizeof slot || !origin_decode(slot, app_port, &o))
+            puts("none");
+        else
+            printf("%s %d %s %d %d\n", o.remote_host, o.remote_port, o.local_host, o.local_port,
+                   o.ask);
+        fflush(stdout);
+    }
+    fclose(f);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "frames"))
         return frames();
@@ -199,7 +226,9 @@ int main(int argc, char **argv) {
         return rules_mode(argv[2]);
     if (argc == 2 && !strcmp(argv[1], "encode"))
         return encode();
-    fprintf(stderr, "usage: relay_check frames | rules TABLE | encode\n");
+    if (argc == 3 && !strcmp(argv[1], "origins"))
+        return origins_mode(argv[2]);
+    fprintf(stderr, "usage: relay_check frames | rules TABLE | encode | origins TABLE\n");
     return 2;
 }
 
