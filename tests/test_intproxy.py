@@ -35,6 +35,7 @@ from mirrord.protocol import (
     Pong,
     RequestFailed,
     Resolve,
+    origins,
 )
 from mirrord.protocol.codec import Codec, encode
 from mirrord.protocol.messages import PROTOCOL_VERSION
@@ -298,3 +299,14 @@ def test_it_exits_when_the_watched_pid_and_the_layers_are_gone(intproxy: Intprox
     layer.close()
     assert intproxy.wait() == 0
     assert not intproxy.socket.exists()
+
+
+def test_an_origin_table_that_cannot_be_made_is_no_table(tmp_path: Path) -> None:
+    """The layers then ask about each connection (tests/test_incoming.py, "no table")."""
+    from mirrord.proxy.incoming import create_origin_table
+
+    assert create_origin_table(str(tmp_path / "gone" / "proxy.sock.origins")) is None
+    table = create_origin_table(str(tmp_path / "proxy.sock.origins"))
+    assert table is not None and len(table) == origins.TABLE_SIZE
+    assert (tmp_path / "proxy.sock.origins").stat().st_mode & 0o777 == 0o600
+    table.close()

@@ -170,14 +170,21 @@ class IncomingRouter:
             origin.fd = None
 
 
-def create_origin_table(path: str) -> mmap.mmap:
-    """The origin table the layers read (see mirrord.protocol.origins), only ours to read."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def create_origin_table(path: str) -> mmap.mmap | None:
+    """The origin table the layers read (see mirrord.protocol.origins), only ours to read;
+    None if it cannot be made here (the layers then ask about each connection: a file
+    too short to map reads as no table)."""
+    fd = -1
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, origins.TABLE_SIZE)  # sparse: pages appear as slots are written
         return mmap.mmap(fd, origins.TABLE_SIZE)
+    except OSError as exc:
+        log.info("no origin table at %s: %s", path, exc)
+        return None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _info(msg: IncomingConnection | IncomingFd) -> ConnInfoReply:
