@@ -3,9 +3,10 @@
 The data plane of every relayed connection runs through here, so the link is driven by
 the event loop's readiness callbacks rather than by a task per read: the reader hands
 connection frames (Data, Eof, Close, Credit) to the Mux at once, in the loop's callback,
-and queues the rest for `receive()`. What one pass of the loop writes goes out together,
-in one sendmsg() at the end of that pass (one system call, and one wake-up of the peer,
-for the Data, Eof and Close of many connections); what the socket does not take waits
+and queues the rest for `receive()`. The first frame a pass of the loop writes goes at
+once; what else that pass writes goes out together, in one sendmsg() at its end (one
+system call, and one wake-up of the peer, for the Data, Eof and Close of many
+connections); what the socket does not take waits
 (with its descriptors) for it to be writable. Data frames are written as a small header
 plus the caller's bytes (no copy of the payload).
 
@@ -232,10 +233,13 @@ class Link:
             fd = os.dup(fd)  # the caller closes its descriptor when we return
         self._queue(parts, fd)
         if not self._writer_on and not self._batching:
-            # what else this pass of the loop writes goes in the same sendmsg: one
+            # the first frame of a pass goes at once (a lone request waits for nothing);
+            # what else this pass writes gathers behind it and goes in one sendmsg: one
             # system call and one wake-up of the peer for many frames
             self._batching = True
             self._loop.call_soon(self._send_batch)
+            if len(self._out) == 1:
+                self._send_out()
 
     def _write_now(self, parts: list[memoryview], fd: int) -> None:
         """A frame with a descriptor goes at once: no copy of the descriptor to keep
