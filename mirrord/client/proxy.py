@@ -125,8 +125,8 @@ class ProxyClient:
         with self._lock:
             if self._table is None:
                 self._table = table
-            elif table is not self._table:
-                table.close()
+            else:
+                table.close()  # another thread mapped it first
         return self._table
 
     def _checkout(self) -> _Channel:
