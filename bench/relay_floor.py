@@ -1,11 +1,12 @@
 """Benchmark: the floor of any two-process Python relay on this machine, for comparison with
 the relay path (bench/http_latency.py, bench/incoming.py steal-throughput).
 
-    python3 bench/relay_floor.py [--rounds 3]        (no root: loopback only)
+    python3 bench/relay_floor.py [--rounds 3] [--relay python|socat]   (no root: loopback only)
 
 Two bare relay processes (uvloop protocols, TCP -> unix socket -> TCP, the shape of app ->
 intproxy -> agent -> service) with nothing of mirrord's: no framing, no multiplexing, no
-flow control. A keep-alive GET and a 100 MB upload go to a local server directly and
+flow control (`--relay socat`: the same two hops in C, the floor of a native data
+plane). A keep-alive GET and a 100 MB upload go to a local server directly and
 through them, alternating. What the relay path adds beyond these ratios is ours to cut;
 what they show already is the price of two extra processes' wake-ups and copies.
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from incoming import upload  # type: ignore[import-not-found]
@@ -108,6 +111,34 @@ def start(code: str, *args: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def start_socat(listen: str, target: str) -> tuple[subprocess.Popen[str], str]:
+    """A socat relay hop (a forked C process per connection, 256 KiB buffers)."""
+    if listen.startswith("unix:"):
+        where, shown = f"UNIX-LISTEN:{listen[5:]},fork", listen[5:]
+    else:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        shown = str(probe.getsockname()[1])
+        probe.close()
+        where = f"TCP-LISTEN:{shown},bind=127.0.0.1,fork,reuseaddr,nodelay"
+    to = (
+        f"UNIX-CONNECT:{target[5:]}"
+        if target.startswith("unix:")
+        else f"TCP:127.0.0.1:{target},nodelay"
+    )
+    proc = subprocess.Popen(["socat", "-b", "262144", where, to], text=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # listening once the address is there
+        if listen.startswith("unix:") and os.path.exists(listen[5:]):
+            break
+        if not listen.startswith("unix:"):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", int(shown))) == 0:
+                    break
+        time.sleep(0.02)
+    return proc, shown
+
+
 def keepalive_ms(port: int, requests: int) -> float:
     out = subprocess.run(
         [sys.executable, str(HERE / "http_client.py"), "--host", "127.0.0.1", "--port", str(port)]
@@ -124,14 +155,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--relay", choices=["python", "socat"], default="python")
     args = parser.parse_args()
     latency, rate = [], []
     total = args.megabytes << 20
     with tempfile.TemporaryDirectory() as tmp:
         unix = os.path.join(tmp, "hop.sock")
         server, port = start(SERVER)
-        far, _ = start(RELAY, f"unix:{unix}", port)
-        near, near_port = start(RELAY, "0", f"unix:{unix}")
+        hop = start_socat if args.relay == "socat" else lambda *a: start(RELAY, *a)
+        far, _ = hop(f"unix:{unix}", port)
+        near, near_port = hop("0", f"unix:{unix}")
         try:
             for _ in range(args.rounds):
                 direct = keepalive_ms(int(port), args.requests)
@@ -151,7 +184,7 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
     print(
-        f"bare two-process relay: keep-alive {statistics.median(latency):.2f}x direct,"
+        f"bare two-process relay ({args.relay}): keep-alive {statistics.median(latency):.2f}x direct,"
         f" upload {statistics.median(rate):.0%} of direct; median of {args.rounds} rounds"
     )
 
