@@ -31,7 +31,7 @@ async def handle_client(state: AgentState, sock: socket.socket) -> None:
         return ClientSession(state, link, tg, FEATURES)
 
     try:
-        await serve_link(sock, state.token, open_session, "agent")
+        await serve_link(sock, state.token, open_session, "agent", native=True)
     finally:
         state.clients -= 1
         state.last_change = time.monotonic()

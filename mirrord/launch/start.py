@@ -121,7 +121,12 @@ def start_session(
                 raise TargetNotFound(str(exc)) from None
         check_target(target)
         progress = progress or NoProgress()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORD_")}
+    # (MIRRORD_NATIVE_PUMP=0 keeps a local agent's and the intproxy's links in Python)
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MIRRORD_") or k == "MIRRORD_NATIVE_PUMP"
+    }
 
     def find_agent(fresh: bool) -> _Agent:
         if in_cluster:

@@ -17,6 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCES_DIR = HERE / "src"
 LIBRARY_NAME = "libmirrord_relay.so"
+#: the native data plane of the agent's and the intproxy's links (mirrord/wire/pump.py)
+PUMP_LIBRARY_NAME = "libmirrord_pump.so"
+PUMP = ["mp.c", "pump_frames.c", "pump.c"]
 #: the relay proper; the sans-I/O cores are shared with the check driver
 CORE = ["mp.c", "frames.c", "rules.c", "origin_slot.c"]
 HOOKS = [
@@ -82,6 +85,22 @@ def build_library(out_dir: Path, *, sanitize: bool = False, force: bool = False)
     partial = output.with_suffix(".tmp")
     _compile([compiler(), *flags, *_sources(CORE + HOOKS), "-o", str(partial), "-ldl"])
     partial.replace(output)  # a running program never sees a half-written library
+    build_pump(out_dir, sanitize=sanitize, force=force)
+    return output
+
+
+def build_pump(out_dir: Path, *, sanitize: bool = False, force: bool = False) -> Path:
+    """Compile the links' native data plane into `out_dir` (a library loaded by ctypes)."""
+    name = PUMP_LIBRARY_NAME.replace(".so", ".asan.so") if sanitize else PUMP_LIBRARY_NAME
+    output = out_dir / name
+    if not force and not _stale(output):
+        return output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flags = ["-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", *WARNINGS]
+    flags += [*SANITIZERS, "-O1", "-g"] if sanitize else ["-O2"]
+    partial = output.with_suffix(".tmp")
+    _compile([compiler(), *flags, *_sources(PUMP), "-o", str(partial)])
+    partial.replace(output)
     return output
 
 

@@ -99,6 +99,10 @@ async def run(args: argparse.Namespace, agent_token: str, proxy_token: str) -> b
     healthy = False  # stays so when a signal ends us
     with anyio.fail_after(30):
         await link.handshake(agent_token, "intproxy")
+    if args.no_fd_passing or not link.can_pass_fds:
+        # relayed bytes go through a native pump (the pump takes no descriptors from the
+        # agent: with hand-over the agent's sockets come to us, and the layers)
+        link = link.with_pump()
     async with anyio.create_task_group() as tg:
         agent = AgentClient(link, tg)
         agent.why_ended = why_ended

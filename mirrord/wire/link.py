@@ -40,6 +40,7 @@ from mirrord.protocol import (
     ServerHandshake,
 )
 from mirrord.protocol.codec import data_frame_header, encode
+from mirrord.protocol.pump import PumpError
 from mirrord.wire.carrier import Carrier
 
 log = logging.getLogger("mirrord")
@@ -103,6 +104,8 @@ class Link:
         self._closed = False
         self._writer_on = False  # waiting for the socket to take more
         self._batching = False  # a send of what this pass of the loop wrote is due
+        #: the link's socket is a native pump's (wire/pump.py): the Mux hands it sockets
+        self.pumped = False
 
     # -- reading ---------------------------------------------------------------------
 
@@ -139,6 +142,8 @@ class Link:
                 handler = self.frame_handler
                 if handler is not None and handler(msg):
                     continue
+                if self.pumped and type(msg) is PumpError:
+                    raise ProtocolError(msg.message)  # what the pump found wrong
                 self._inbox.append(msg)
                 self._arrived.set()
         except ProtocolError as exc:
@@ -362,6 +367,36 @@ class Link:
         self._out_bytes = 0
         self._end(exc)
         self._drained.set()
+
+    def with_pump(self) -> Link:
+        """This link with its data plane in C (wire/pump.py), or itself where that cannot
+        be: a carrier, no library, or bytes already read past the handshake. Call it right
+        after the handshake, before anything else is sent or received. The pump passes
+        descriptors to the peer, not from it: a link that takes them loses that."""
+        if (
+            self._carrier is not None
+            or self._inbox
+            or self._codec.buffered
+            or self._fds
+            or self._out
+            or self._closed
+            or self._ended is not None
+        ):
+            return self
+        from mirrord.wire import pump
+
+        if not pump.available():
+            return self
+        self._stop_reading()
+        sock = self.sock
+        replacement = pump.start(sock)  # (OSError: the link is gone with it)
+        assert replacement is not None
+        self._closed = True  # the socket is the pump's: nothing of ours closes it
+        self._end(anyio.ClosedResourceError())
+        link = Link(replacement, accept_fds=False)
+        link.can_pass_fds = self.can_pass_fds and not self._accept_fds
+        link.pumped = True
+        return link
 
     # -- requests and the first exchange -------------------------------------------
 

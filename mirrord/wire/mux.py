@@ -10,6 +10,10 @@ driven by event-loop callbacks: the link's reader writes its Data straight into 
 socket's transport and the socket's reads go straight into Data frames, with no task
 and no copy per chunk. Anything else (`attach`: UDP, mirrored streams, the HTTP
 engine's socket pairs) is a `Pipe` with async receive/send, pumped by two tasks.
+
+Over a link with a native pump (wire/pump.py), a socket is handed to the pump instead:
+its bytes never reach Python. Frames of it that reached Python before the pump took it
+over are replayed to the pump, which holds the rest until Python says it is done.
 """
 
 from __future__ import annotations
@@ -22,14 +26,44 @@ import anyio
 import anyio.abc
 
 from mirrord.protocol import Close, Credit, Data, Eof, Message
+from mirrord.protocol.codec import encode
 from mirrord.protocol.flow import MAX_WINDOW, ReceiveCredit, SendCredit
+from mirrord.protocol.pump import PumpAttach, PumpReplay, PumpReset, PumpSync, PumpSynced
 from mirrord.wire.ends import GONE, End, Pumped, SocketEnd, Waiting, is_datagram
 from mirrord.wire.handler_end import Handler, HandlerEnd
 from mirrord.wire.link import Link
 from mirrord.wire.pipes import ConnectedUdpPipe, Pipe, RelayUdpPipe, TcpPipe, linger_zero
 
+
+class HandedOver:
+    """A connection whose socket went to the native pump, until the pump has all of it."""
+
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+
+    # (the Mux replays this connection's frames to the pump instead of delivering them)
+    def deliver(self, data: bytes) -> None:
+        pass
+
+    def deliver_eof(self) -> None:
+        pass
+
+    def on_credit(self) -> None:
+        pass
+
+    def on_peer_close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass  # the pump resets its sockets itself when the link goes
+
+    def on_congestion(self, congested: bool) -> None:
+        pass
+
+
 #: what the Mux holds for each of its connections
-MuxEnd = End | HandlerEnd
+MuxEnd = End | HandlerEnd | HandedOver
+_CONN_FRAMES = (Data, Eof, Close, Credit)
 
 __all__ = ["ConnectedUdpPipe", "Mux", "Pipe", "RelayUdpPipe", "TcpPipe", "linger_zero"]
 
@@ -62,6 +96,9 @@ class Mux:
     async def attach_socket(self, conn: int, sock: socket.socket) -> None:
         """Relay `conn` to and from a connected TCP (or unix stream) socket."""
         waiting = self._waiting(conn, datagram=False)
+        if self.link.pumped:
+            self._hand_over(waiting, sock)
+            return
         end = SocketEnd(self, waiting)
         self.conns[conn] = end
         sock.setblocking(False)
@@ -72,6 +109,28 @@ class Mux:
             sock.close()
             if self.forget(conn, end):
                 self.tell(Close(conn=conn, reset=True))
+
+    def _hand_over(self, waiting: Waiting, sock: socket.socket) -> None:
+        conn = waiting.conn
+        credit = self.send_credit.available(conn)
+        self.send_credit.forget(conn)  # (the pump counts from here)
+        self.receive_credit.forget(conn)
+        sock.setblocking(False)
+        try:
+            self.link.send_nowait(PumpAttach(conn=conn, fd=sock.fileno(), credit=credit))
+        except GONE:
+            del self.conns[conn]
+            sock.close()
+            return
+        sock.detach()  # the pump's now
+        self.conns[conn] = HandedOver(conn)
+        for data in waiting.frames:
+            self._replay(Eof(conn=conn) if data is None else Data(conn=conn, data=data))
+        if waiting.peer_closed:
+            self._replay(Close(conn=conn, reset=False))
+
+    def _replay(self, msg: Message) -> None:
+        self.tell(PumpReplay(frame=encode(msg)))
 
     def attach_handler(self, conn: int, handler: Handler) -> None:
         """Relay `conn` to and from `handler`, an object run by calls (`handler.end`)."""
@@ -97,6 +156,16 @@ class Mux:
     def _on_frame(self, msg: Message) -> bool:
         """Apply a connection frame as it arrives; False if `msg` is not one."""
         kind = type(msg)
+        if self.link.pumped:
+            if kind in _CONN_FRAMES:
+                if type(self.conns.get(msg.conn)) is HandedOver:  # type: ignore[attr-defined]
+                    self._replay(msg)
+                    return True
+            elif kind is PumpSync:
+                if type(self.conns.get(msg.conn)) is HandedOver:  # type: ignore[attr-defined]
+                    del self.conns[msg.conn]  # type: ignore[attr-defined]
+                    self.tell(PumpSynced(conn=msg.conn))  # type: ignore[attr-defined]
+                return True
         if kind is Data:
             end = self.conns.get(msg.conn)  # type: ignore[attr-defined]
             if end is not None:
@@ -151,6 +220,10 @@ class Mux:
     async def reset(self, conn: int) -> None:
         """Give up on `conn` (e.g. the app never came for it); the peer is told."""
         end = self.conns.get(conn)
+        if self.link.pumped and (end is None or type(end) is HandedOver):
+            self.conns.pop(conn, None)
+            self.tell(PumpReset(conn=conn))  # (if the pump still runs it)
+            return
         if end is not None and self.forget(conn, end):
             end.abort()
             self.tell(Close(conn=conn, reset=True))

@@ -67,10 +67,12 @@ async def serve_link(
     open_session: Callable[[Link, anyio.abc.TaskGroup, str], Session],
     role: str,
     accept_fds: bool = False,
+    native: bool = False,
 ) -> None:
     """The life of one served link: the handshake (token and version), then the
     session's requests until the peer goes; a peer that breaks the protocol is told why
-    and dropped, and the session's own cleanup always runs."""
+    and dropped, and the session's own cleanup always runs. `native`: the link's data
+    plane goes to a native pump after the handshake (wire/pump.py)."""
     try:
         link = Link(sock, accept_fds=accept_fds)
     except OSError:
@@ -79,6 +81,9 @@ async def serve_link(
     try:
         with anyio.fail_after(HANDSHAKE_TIMEOUT):
             peer = await link.accept_handshake(token)
+            if native:
+                await link.flush()  # (the welcome is ours to send, not the pump's)
+                link = link.with_pump()
     except (
         ProtocolError,
         TimeoutError,

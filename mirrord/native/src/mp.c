@@ -309,3 +309,15 @@ static int skip(struct mpr *r, int depth) {
 }
 
 int mpr_skip(struct mpr *r) { return skip(r, 0); }
+
+int mpr_bin(struct mpr *r, const uint8_t **s, uint32_t *n) {
+    const uint8_t *at;
+    if (take(r, 1, &at))
+        return -1;
+    uint8_t b = at[0];
+    if (b < 0xc4 || b > 0xc6)
+        return fail(r);
+    if (length(r, b == 0xc4 ? 1 : b == 0xc5 ? 2 : 4, n))
+        return -1;
+    return take(r, *n, s);
+}
