@@ -542,6 +542,8 @@ def test_agent_closes_a_clients_files_when_it_goes(
         return len(os.listdir(f"/proc/{pid}/fd"))
 
     client.connect()
+    # a first answer: the agent has set up this client's link (its pump's descriptors too)
+    assert isinstance(client.request(FileListDir(req=0, path=str(tmp_path), start=0)), FileEntries)
     before = open_fds()
     for _ in range(5):
         reply = client.request(

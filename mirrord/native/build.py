@@ -74,7 +74,8 @@ def _compile(argv: list[str]) -> None:
 
 
 def build_library(out_dir: Path, *, sanitize: bool = False, force: bool = False) -> Path:
-    """Compile the relay into `out_dir`; an up-to-date library is kept."""
+    """Compile the relay (and the links' pump) into `out_dir`; an up-to-date library is kept."""
+    build_pump(out_dir, sanitize=sanitize, force=force)
     name = LIBRARY_NAME.replace(".so", ".asan.so") if sanitize else LIBRARY_NAME
     output = out_dir / name
     if not force and not _stale(output):
@@ -85,7 +86,6 @@ def build_library(out_dir: Path, *, sanitize: bool = False, force: bool = False)
     partial = output.with_suffix(".tmp")
     _compile([compiler(), *flags, *_sources(CORE + HOOKS), "-o", str(partial), "-ldl"])
     partial.replace(output)  # a running program never sees a half-written library
-    build_pump(out_dir, sanitize=sanitize, force=force)
     return output
 
 
@@ -112,7 +112,9 @@ def build_check(out_dir: Path, *, sanitize: bool = True) -> Path:
         return output
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = ["-std=gnu11", *WARNINGS, *(SANITIZERS + ["-O1", "-g"] if sanitize else ["-O2"])]
-    _compile([compiler(), *flags, *_sources([*CORE, "check.c"]), "-o", str(output)])
+    _compile(
+        [compiler(), *flags, *_sources([*CORE, "pump_frames.c", "check.c"]), "-o", str(output)]
+    )
     return output
 
 

@@ -63,6 +63,14 @@ from mirrord.protocol.messages import (
     Resolve,
     Resolved,
 )
+from mirrord.protocol.pump import (  # local only: between a Link and its native pump
+    PumpAttach,
+    PumpError,
+    PumpReplay,
+    PumpReset,
+    PumpSync,
+    PumpSynced,
+)
 
 __all__ = [
     "RegisterListener",
@@ -116,6 +124,12 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "PumpAttach",
+    "PumpError",
+    "PumpReplay",
+    "PumpReset",
+    "PumpSync",
+    "PumpSynced",
     "ProtocolError",
     "RequestFailed",
     "Resolve",

@@ -5,6 +5,9 @@
  *   relay_check rules TABLE     stdin: one query a line (see `query` below)
  *   relay_check encode          stdin: one request a line; stdout: its frame in hex
  *   relay_check origins TABLE   stdin: "IPV6 PORT APP_PORT" a line; stdout: the slot decoded
+ *   relay_check pump            stdin: frames as for `frames`; stdout: how the pump reads each
+ *   relay_check pump_encode     stdin: "data CONN SIZE" | "eof CONN" | "close CONN RESET" |
+ *                               "credit CONN AMOUNT" | "sync CONN" | "error TEXT"; stdout: hex
  *
  * Built with -DFUZZER it is a libFuzzer target instead (LLVMFuzzerTestOneInput). */
 #include <arpa/inet.h>
@@ -14,6 +17,7 @@
 
 #include "frames.h"
 #include "origin_slot.h"
+#include "pump_frames.h"
 #include "rules.h"
 
 static const char *TYPES[] = {"unknown", "hello_ok", "error", "connected", "connected_fd",
@@ -194,6 +198,74 @@ static int encode(void) {
     return 0;
 }
 
+static const char *PUMP_KINDS[] = {"other",  "data",   "eof",   "close", "credit",
+                                   "attach", "replay", "synced", "reset", "local"};
+
+static int pump_mode(void) {
+    uint8_t head[4];
+    while (fread(head, 1, 4, stdin) == 4) {
+        uint32_t n = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 |
+                     head[3];
+        if (n > PUMP_MAX_FRAME)
+            return 2;
+        uint8_t *data = malloc(n ? n : 1);
+        if (!data || fread(data, 1, n, stdin) != n)
+            return 2;
+        struct pump_frame f;
+        pump_parse(data, n, &f);
+        if (f.kind == PK_OTHER || f.kind == PK_LOCAL) {
+            puts(PUMP_KINDS[f.kind]); /* (its fields are not read) */
+            fflush(stdout);
+            free(data);
+            continue;
+        }
+        printf("%s conn=%lld reset=%d amount=%lld fd=%lld credit=%lld len=%u", PUMP_KINDS[f.kind],
+               (long long)f.conn, f.reset, (long long)f.amount, (long long)f.fd,
+               (long long)f.credit, f.len);
+        if (f.kind == PK_DATA || f.kind == PK_REPLAY) {
+            putchar(' ');
+            for (uint32_t i = 0; i < f.len; i++)
+                printf("%02x", f.data[i]);
+        }
+        putchar('\n');
+        fflush(stdout);
+        free(data);
+    }
+    return 0;
+}
+
+static int pump_encode(void) {
+    char line[4096], word[16], text[4000];
+    long long a, b;
+    while (fgets(line, sizeof line, stdin)) {
+        uint8_t buf[64];
+        struct mpw m;
+        mpw_init(&m, buf, sizeof buf);
+        if (sscanf(line, "data %lld %lld", &a, &b) == 2) {
+            uint8_t *at = mpw_reserve(&m, PUMP_DATA_HEADER + (size_t)b);
+            if (at) {
+                pump_data_header(at, (uint64_t)a, (uint32_t)b);
+                memset(at + PUMP_DATA_HEADER, 'x', (size_t)b);
+            }
+        } else if (sscanf(line, "close %lld %lld", &a, &b) == 2)
+            pump_frame_close(&m, a, (int)b);
+        else if (sscanf(line, "credit %lld %lld", &a, &b) == 2)
+            pump_frame_credit(&m, a, b);
+        else if (sscanf(line, "%15s %lld", word, &a) == 2 && !strcmp(word, "eof"))
+            pump_frame_eof(&m, a);
+        else if (sscanf(line, "%15s %lld", word, &a) == 2 && !strcmp(word, "sync"))
+            pump_frame_sync(&m, a);
+        else if (sscanf(line, "error %3999[^\n]", text) == 1)
+            pump_frame_error(&m, text);
+        for (size_t i = 0; i < m.len && !m.failed; i++)
+            printf("%02x", m.buf[i]);
+        putchar('\n');
+        fflush(stdout);
+        mpw_free(&m);
+    }
+    return 0;
+}
+
 /* a table file as the intproxy writes it, read as the relay reads it */
 static int origins_mode(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -228,7 +300,12 @@ int main(int argc, char **argv) {
         return encode();
     if (argc == 3 && !strcmp(argv[1], "origins"))
         return origins_mode(argv[2]);
-    fprintf(stderr, "usage: relay_check frames | rules TABLE | encode | origins TABLE\n");
+    if (argc == 2 && !strcmp(argv[1], "pump"))
+        return pump_mode();
+    if (argc == 2 && !strcmp(argv[1], "pump_encode"))
+        return pump_encode();
+    fprintf(stderr, "usage: relay_check frames | rules TABLE | encode | origins TABLE | pump | "
+                    "pump_encode\n");
     return 2;
 }
 

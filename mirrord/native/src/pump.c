@@ -35,6 +35,8 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define READ_SIZE (256 * 1024)
+#define LINK_READ_SIZE (1024 * 1024) /* a few whole Data frames a call */
+#define READS_PER_EVENT 4            /* a socket that filled a read is read again at once */
 #define HIGH_WATER (4u << 20) /* bytes queued for a socket above which its sources pause */
 #define LOW_WATER (1u << 20)
 #define MAX_FDS 64
@@ -201,7 +203,8 @@ static void set_mask(struct pump *p, struct conn *c, uint32_t want) {
 }
 
 static int can_read(const struct pump *p, const struct conn *c) {
-    return !c->done && !c->sent_eof && c->send_credit > 0 && !p->congested;
+    return !c->done && !c->sent_eof && c->send_credit > 0 && !p->congested &&
+           buf_len(&p->lout) <= HIGH_WATER; /* (many sockets ready in one pass) */
 }
 
 static void update_conn(struct pump *p, struct conn *c) {
@@ -391,11 +394,12 @@ static void flush_conn(struct pump *p, struct conn *c) {
     update_conn(p, c);
 }
 
-static void read_conn(struct pump *p, struct conn *c) {
+/* 1 if the socket filled the read (there may be more), else 0 */
+static int read_conn(struct pump *p, struct conn *c) {
     size_t want = (size_t)(c->send_credit < p->max_chunk ? c->send_credit : p->max_chunk);
     uint8_t *at = buf_room(&p->lout, PUMP_DATA_HEADER + want);
     if (!at)
-        return;
+        return 0;
     ssize_t n = recv(c->fd, at + PUMP_DATA_HEADER, want, MSG_DONTWAIT);
     if (n > 0) {
         pump_data_header(at, (uint64_t)c->id, (uint32_t)n);
@@ -403,13 +407,13 @@ static void read_conn(struct pump *p, struct conn *c) {
         c->send_credit -= n;
         if (c->send_credit <= 0)
             update_conn(p, c);
-        return;
+        return (size_t)n == want;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
+        return 0;
     if (n < 0) {
         finish(p, c, 1);
-        return;
+        return 0;
     }
     uint8_t first[64];
     struct mpw w;
@@ -420,6 +424,7 @@ static void read_conn(struct pump *p, struct conn *c) {
     maybe_finished(p, c);
     if (!c->done)
         update_conn(p, c);
+    return 0;
 }
 
 static void on_conn_event(struct pump *p, struct conn *c, uint32_t events) {
@@ -431,7 +436,9 @@ static void on_conn_event(struct pump *p, struct conn *c, uint32_t events) {
         return;
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (can_read(p, c)) {
-            read_conn(p, c);
+            for (int i = 0; i < READS_PER_EVENT && read_conn(p, c) && c->fd >= 0; i++)
+                if (!can_read(p, c))
+                    break;
             return;
         }
         if (events & (EPOLLHUP | EPOLLERR)) {
@@ -548,10 +555,10 @@ static void gone_link(struct pump *p) {
 }
 
 static void read_link(struct pump *p) {
-    uint8_t *at = buf_room(&p->lin, READ_SIZE);
+    uint8_t *at = buf_room(&p->lin, LINK_READ_SIZE);
     if (!at)
         return;
-    ssize_t n = recv(p->link, at, READ_SIZE, MSG_DONTWAIT);
+    ssize_t n = recv(p->link, at, LINK_READ_SIZE, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {

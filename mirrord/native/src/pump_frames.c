@@ -104,7 +104,7 @@ void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out) {
         return;
     }
     int want = needs(kind);
-    if (!want || has != want || out->conn < 0 || out->amount < 0)
+    if (!want || has != want || out->conn < 0 || out->amount < 0 || out->fd < 0 || out->credit < 0)
         return; /* PK_OTHER */
     out->kind = kind;
 }
