@@ -23,6 +23,7 @@ from test_protocol import ANY_MESSAGE, INTS, MSGPACK_VALUES, message_strategy
 from mirrord.native.build import build_check
 from mirrord.protocol import (
     Close,
+    Codec,
     Credit,
     Data,
     Eof,
@@ -357,3 +358,61 @@ def test_the_pumps_own_frames_decode_in_python(check: Path) -> None:
     for hexed in out:  # each length prefix is its frame's
         raw = bytes.fromhex(hexed)
         assert struct.unpack(">I", raw[:4])[0] == len(raw) - 4
+
+
+def thread_cpu_seconds(tid: str) -> float:
+    stat = Path(f"/proc/{os.getpid()}/task/{tid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_hung_up_socket_waiting_for_credit_costs_no_cpu_and_loses_nothing() -> None:
+    """A local socket whose peer has gone both ways while bytes of it wait for credit:
+    the kernel reports it hung up at every wait; the pump stops listening until credit
+    comes, then reads the rest (a busy pump would starve the app on 2 cores)."""
+    ours, peer = socket.socketpair()
+    tasks = set(os.listdir(f"/proc/{os.getpid()}/task"))
+    async with anyio.create_task_group() as tg:
+        link = Link(ours).with_pump()
+        (tid,) = set(os.listdir(f"/proc/{os.getpid()}/task")) - tasks
+        mux = Mux(link, tg)
+        link.start()
+        listener = socket.create_server(("127.0.0.1", 0))
+        app = socket.create_connection(listener.getsockname())
+        local, _ = listener.accept()
+        listener.close()
+        await mux.attach_socket(3, local)
+        payload = os.urandom(3 * INITIAL_WINDOW)
+        app.sendall(payload[: 2 * INITIAL_WINDOW])  # more than its credit: the rest waits
+        received = bytearray()
+        codec = Codec()
+
+        def read_until(predicate: Any) -> list[Any]:
+            got = []
+            peer.settimeout(10)
+            while not predicate(got):
+                codec.feed(peer.recv(1 << 20))
+                while (msg := codec.next_message()) is not None:
+                    got.append(msg)
+                    if isinstance(msg, Data):
+                        received.extend(msg.data)
+            return got
+
+        await anyio.to_thread.run_sync(read_until, lambda _: len(received) >= INITIAL_WINDOW)
+        assert len(received) == INITIAL_WINDOW  # a window, no more
+        peer.sendall(encode(Eof(conn=3)))  # the far side is done writing: ours is shut
+        app.shutdown(socket.SHUT_WR)  # and the app's: the socket is hung up both ways
+        await anyio.sleep(0.3)
+        spent = thread_cpu_seconds(tid)
+        await anyio.sleep(1)
+        assert thread_cpu_seconds(tid) - spent < 0.2  # asleep, not spinning
+        peer.sendall(encode(Credit(conn=3, amount=2 * INITIAL_WINDOW)))
+        msgs = await anyio.to_thread.run_sync(
+            read_until, lambda got: any(isinstance(m, (Eof, Close)) for m in got)
+        )
+        assert bytes(received) == payload[: 2 * INITIAL_WINDOW]
+        assert isinstance(msgs[-1], (Eof, Close))
+        await link.aclose()
+        tg.cancel_scope.cancel()
+    app.close()
+    peer.close()

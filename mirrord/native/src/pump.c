@@ -492,8 +492,8 @@ static void apply(struct pump *p, struct conn *c, const struct pump_frame *f) {
             maybe_finished(p, c);
         }
         break;
-    case PK_CREDIT:
-        c->send_credit += f->amount;
+    case PK_CREDIT: /* (a peer's absurd grants saturate instead of overflowing) */
+        c->send_credit = f->amount > INT64_MAX - c->send_credit ? INT64_MAX : c->send_credit + f->amount;
         update_conn(p, c);
         break;
     default:
