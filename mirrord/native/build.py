@@ -76,31 +76,26 @@ def _compile(argv: list[str]) -> None:
 def build_library(out_dir: Path, *, sanitize: bool = False, force: bool = False) -> Path:
     """Compile the relay (and the links' pump) into `out_dir`; an up-to-date library is kept."""
     build_pump(out_dir, sanitize=sanitize, force=force)
-    name = LIBRARY_NAME.replace(".so", ".asan.so") if sanitize else LIBRARY_NAME
-    output = out_dir / name
-    if not force and not _stale(output):
-        return output
-    out_dir.mkdir(parents=True, exist_ok=True)
-    flags = ["-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", *WARNINGS]
-    flags += [*SANITIZERS, "-O1", "-g"] if sanitize else ["-O2"]
-    partial = output.with_suffix(".tmp")
-    _compile([compiler(), *flags, *_sources(CORE + HOOKS), "-o", str(partial), "-ldl"])
-    partial.replace(output)  # a running program never sees a half-written library
-    return output
+    return _shared_library(out_dir, LIBRARY_NAME, CORE + HOOKS, ["-ldl"], sanitize, force)
 
 
 def build_pump(out_dir: Path, *, sanitize: bool = False, force: bool = False) -> Path:
     """Compile the links' native data plane into `out_dir` (a library loaded by ctypes)."""
-    name = PUMP_LIBRARY_NAME.replace(".so", ".asan.so") if sanitize else PUMP_LIBRARY_NAME
-    output = out_dir / name
+    return _shared_library(out_dir, PUMP_LIBRARY_NAME, PUMP, [], sanitize, force)
+
+
+def _shared_library(
+    out_dir: Path, name: str, sources: list[str], libs: list[str], sanitize: bool, force: bool
+) -> Path:
+    output = out_dir / (name.replace(".so", ".asan.so") if sanitize else name)
     if not force and not _stale(output):
         return output
     out_dir.mkdir(parents=True, exist_ok=True)
     flags = ["-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", "-pthread", *WARNINGS]
     flags += [*SANITIZERS, "-O1", "-g"] if sanitize else ["-O2"]
     partial = output.with_suffix(".tmp")
-    _compile([compiler(), *flags, *_sources(PUMP), "-o", str(partial)])
-    partial.replace(output)
+    _compile([compiler(), *flags, *_sources(sources), "-o", str(partial), *libs])
+    partial.replace(output)  # a running program never sees a half-written library
     return output
 
 
