@@ -78,21 +78,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
 
 #ifndef FUZZER
 
-static int frames(void) {
+/* each frame on stdin ([u32 big-endian length][payload]) to `fn`, in a buffer of exactly
+ * its size: overreads are ASan's to see */
+static int each_frame(uint32_t limit, void (*fn)(const uint8_t *, size_t)) {
     uint8_t head[4];
     while (fread(head, 1, 4, stdin) == 4) {
         uint32_t n = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 |
                      head[3];
-        if (n > MAX_FRAME)
+        if (n > limit)
             return 2;
-        uint8_t *data = malloc(n ? n : 1); /* exactly n: overreads are ASan's to see */
+        uint8_t *data = malloc(n ? n : 1);
         if (!data || fread(data, 1, n, stdin) != n)
             return 2;
-        describe(data, n, stdout);
+        fn(data, n);
         free(data);
     }
     return 0;
 }
+
+static void describe_out(const uint8_t *data, size_t n) { describe(data, n, stdout); }
+
+static int frames(void) { return each_frame(MAX_FRAME, describe_out); }
 
 static char *read_file(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -201,24 +207,12 @@ static int encode(void) {
 static const char *PUMP_KINDS[] = {"other",  "data",   "eof",   "close", "credit",
                                    "attach", "replay", "synced", "reset", "local"};
 
-static int pump_mode(void) {
-    uint8_t head[4];
-    while (fread(head, 1, 4, stdin) == 4) {
-        uint32_t n = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 |
-                     head[3];
-        if (n > PUMP_MAX_FRAME)
-            return 2;
-        uint8_t *data = malloc(n ? n : 1);
-        if (!data || fread(data, 1, n, stdin) != n)
-            return 2;
-        struct pump_frame f;
-        pump_parse(data, n, &f);
-        if (f.kind == PK_OTHER || f.kind == PK_LOCAL) {
-            puts(PUMP_KINDS[f.kind]); /* (its fields are not read) */
-            fflush(stdout);
-            free(data);
-            continue;
-        }
+static void pump_read(const uint8_t *data, size_t n) {
+    struct pump_frame f;
+    pump_parse(data, n, &f);
+    if (f.kind == PK_OTHER || f.kind == PK_LOCAL) {
+        puts(PUMP_KINDS[f.kind]); /* (its fields are not read) */
+    } else {
         printf("%s conn=%lld reset=%d amount=%lld fd=%lld credit=%lld len=%u", PUMP_KINDS[f.kind],
                (long long)f.conn, f.reset, (long long)f.amount, (long long)f.fd,
                (long long)f.credit, f.len);
@@ -228,10 +222,8 @@ static int pump_mode(void) {
                 printf("%02x", f.data[i]);
         }
         putchar('\n');
-        fflush(stdout);
-        free(data);
     }
-    return 0;
+    fflush(stdout);
 }
 
 static int pump_encode(void) {
@@ -301,7 +293,7 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "origins"))
         return origins_mode(argv[2]);
     if (argc == 2 && !strcmp(argv[1], "pump"))
-        return pump_mode();
+        return each_frame(PUMP_MAX_FRAME, pump_read);
     if (argc == 2 && !strcmp(argv[1], "pump_encode"))
         return pump_encode();
     fprintf(stderr, "usage: relay_check frames | rules TABLE | encode | origins TABLE | pump | "
