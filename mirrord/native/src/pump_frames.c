@@ -144,12 +144,15 @@ static void end(struct mpw *w, size_t start) {
         put_be(w->buf + start, w->len - start - 4, 4);
 }
 
-void pump_frame_eof(struct mpw *w, int64_t conn) {
-    size_t at = begin(w, "eof", 1);
+/* a frame whose one field is the connection */
+static void conn_frame(struct mpw *w, const char *tag, int64_t conn) {
+    size_t at = begin(w, tag, 1);
     mpw_cstr(w, "conn");
     mpw_int(w, conn);
     end(w, at);
 }
+
+void pump_frame_eof(struct mpw *w, int64_t conn) { conn_frame(w, "eof", conn); }
 
 void pump_frame_close(struct mpw *w, int64_t conn, int reset) {
     size_t at = begin(w, "close", 2);
@@ -169,12 +172,7 @@ void pump_frame_credit(struct mpw *w, int64_t conn, int64_t amount) {
     end(w, at);
 }
 
-void pump_frame_sync(struct mpw *w, int64_t conn) {
-    size_t at = begin(w, "pump_sync", 1);
-    mpw_cstr(w, "conn");
-    mpw_int(w, conn);
-    end(w, at);
-}
+void pump_frame_sync(struct mpw *w, int64_t conn) { conn_frame(w, "pump_sync", conn); }
 
 void pump_frame_error(struct mpw *w, const char *message) {
     size_t at = begin(w, "pump_error", 1);
