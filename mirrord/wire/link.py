@@ -41,6 +41,7 @@ from mirrord.protocol import (
 )
 from mirrord.protocol.codec import data_frame_header, encode
 from mirrord.protocol.pump import PumpError
+from mirrord.wire import pump
 from mirrord.wire.carrier import Carrier
 
 log = logging.getLogger("mirrord")
@@ -383,14 +384,10 @@ class Link:
             or self._ended is not None
         ):
             return self
-        from mirrord.wire import pump
-
         if not pump.available():
             return self
         self._stop_reading()
-        sock = self.sock
-        replacement = pump.start(sock)  # (OSError: the link is gone with it)
-        assert replacement is not None
+        replacement = pump.start(self.sock)  # (OSError: the link is gone with it)
         self._closed = True  # the socket is the pump's: nothing of ours closes it
         self._end(anyio.ClosedResourceError())
         link = Link(replacement, accept_fds=False)

@@ -74,6 +74,7 @@ class Mux:
     def __init__(self, link: Link, tg: anyio.abc.TaskGroup) -> None:
         self.link = link
         self.tg = tg
+        self._pumped = link.pumped  # (a link's plane is fixed: looked at for every frame)
         self.conns: dict[int, MuxEnd] = {}
         self.send_credit = SendCredit()
         self.receive_credit = ReceiveCredit(max_window=MAX_WINDOW)
@@ -96,7 +97,7 @@ class Mux:
     async def attach_socket(self, conn: int, sock: socket.socket) -> None:
         """Relay `conn` to and from a connected TCP (or unix stream) socket."""
         waiting = self._waiting(conn, datagram=False)
-        if self.link.pumped:
+        if self._pumped:
             self._hand_over(waiting, sock)
             return
         end = SocketEnd(self, waiting)
@@ -156,7 +157,7 @@ class Mux:
     def _on_frame(self, msg: Message) -> bool:
         """Apply a connection frame as it arrives; False if `msg` is not one."""
         kind = type(msg)
-        if self.link.pumped:
+        if self._pumped:
             if kind in _CONN_FRAMES:
                 if type(self.conns.get(msg.conn)) is HandedOver:  # type: ignore[attr-defined]
                     self._replay(msg)
@@ -220,7 +221,7 @@ class Mux:
     async def reset(self, conn: int) -> None:
         """Give up on `conn` (e.g. the app never came for it); the peer is told."""
         end = self.conns.get(conn)
-        if self.link.pumped and (end is None or type(end) is HandedOver):
+        if self._pumped and (end is None or type(end) is HandedOver):
             self.conns.pop(conn, None)
             self.tell(PumpReset(conn=conn))  # (if the pump still runs it)
             return

@@ -17,7 +17,6 @@ import os
 import socket
 from pathlib import Path
 
-import mirrord.protocol.pump  # noqa: F401  (registers the local messages)
 from mirrord.protocol.flow import GROWTH_BUDGET, INITIAL_WINDOW, MAX_WINDOW
 from mirrord.protocol.messages import MAX_CHUNK
 
@@ -55,12 +54,11 @@ def available() -> bool:
     return _library() is not None
 
 
-def start(sock: socket.socket) -> socket.socket | None:
-    """Give `sock` (a connected link socket) to a new pump; the socket Python's Link now
-    reads and writes instead, or None (and `sock` untouched) if there is no pump."""
+def start(sock: socket.socket) -> socket.socket:
+    """Give `sock` (a connected link socket) to a new pump (see `available()`); the socket
+    Python's Link now reads and writes instead."""
     lib = _library()
-    if lib is None:
-        return None
+    assert lib is not None, "start() without the library"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     rc = lib.mirrord_pump_start(
         sock.fileno(), theirs.fileno(), INITIAL_WINDOW, MAX_WINDOW, GROWTH_BUDGET, MAX_CHUNK
