@@ -4,7 +4,6 @@ of its tests runs on pumps too). Real sockets on loopback, no root."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
@@ -17,6 +16,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_mux import tcp_pair
 from test_native_relay import run_check
 from test_protocol import ANY_MESSAGE, INTS, MSGPACK_VALUES, message_strategy
 
@@ -27,9 +27,7 @@ from mirrord.protocol import (
     Credit,
     Data,
     Eof,
-    IncomingFd,
     Ping,
-    Pong,
     ProtocolError,
     PumpAttach,
     PumpError,
@@ -153,10 +151,7 @@ async def test_a_peer_that_goes_away_resets_the_connections_and_the_link_ends() 
         link = Link(ours).with_pump()
         mux = Mux(link, tg)
         link.start()
-        listener = socket.create_server(("127.0.0.1", 0))
-        app = socket.create_connection(listener.getsockname())
-        local, _ = listener.accept()
-        listener.close()
+        app, local = tcp_pair()
         await mux.attach_socket(4, local)
         peer.sendall(encode(Data(conn=4, data=b"half a reply")))
         app.settimeout(5)
@@ -169,50 +164,6 @@ async def test_a_peer_that_goes_away_resets_the_connections_and_the_link_ends() 
         await link.aclose()
         tg.cancel_scope.cancel()
     app.close()
-
-
-async def test_descriptors_go_through_the_pump_each_with_its_frame() -> None:
-    """The agent hands sockets over through its pump (a local agent's unix link): each
-    descriptor reaches the intproxy no later than the frame that announces it."""
-    a, b = socket.socketpair()
-    sender = Link(a).with_pump()
-    assert sender.pumped and sender.can_pass_fds
-    receiver = Link(b, accept_fds=True)
-    pipes = [os.pipe() for _ in range(5)]
-    expected: list[Any] = []
-    try:
-        for i in range(200):
-            if i % 40 == 7:
-                readable, _ = pipes[i // 40]
-                msg: Any = IncomingFd(
-                    port=i, remote_host="h", remote_port=1, local_host="l", local_port=2
-                )
-                sender.send_nowait(msg, readable)
-                os.close(readable)
-            elif i % 2:
-                msg = Ping(seq=i)
-                sender.send_nowait(msg)
-            else:
-                msg = Pong(seq=i)
-                sender.send_nowait(msg)
-            expected.append(msg)
-            if i % 13 == 0:
-                await asyncio.sleep(0)  # some in a pass of their own
-        with anyio.fail_after(10):
-            for want in expected:
-                got = await receiver.receive()
-                assert got == want
-                if isinstance(got, IncomingFd):
-                    _, writable = pipes[(got.port - 7) // 40]
-                    os.write(writable, b"pipe %d" % got.port)
-                    fd = receiver.take_fd()
-                    assert os.read(fd, 64) == b"pipe %d" % got.port
-                    os.close(fd)
-    finally:
-        for _, writable in pipes:
-            os.close(writable)
-        await sender.aclose()
-        await receiver.aclose()
 
 
 async def test_without_the_library_links_stay_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,10 +328,7 @@ async def test_a_hung_up_socket_waiting_for_credit_costs_no_cpu_and_loses_nothin
         (tid,) = set(os.listdir(f"/proc/{os.getpid()}/task")) - tasks
         mux = Mux(link, tg)
         link.start()
-        listener = socket.create_server(("127.0.0.1", 0))
-        app = socket.create_connection(listener.getsockname())
-        local, _ = listener.accept()
-        listener.close()
+        app, local = tcp_pair()
         await mux.attach_socket(3, local)
         payload = os.urandom(3 * INITIAL_WINDOW)
         app.sendall(payload[: 2 * INITIAL_WINDOW])  # more than its credit: the rest waits
