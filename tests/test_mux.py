@@ -274,7 +274,7 @@ async def test_frames_of_one_pass_arrive_whole_in_order_each_descriptor_with_its
     pipes = [os.pipe() for _ in range(3)]
     expected: list[Any] = []
     try:
-        for i in range(300):  # all written without yielding to the loop
+        for i in range(300):  # written without yielding to the loop (but for the pump)
             if i % 100 == 50:
                 readable, _ = pipes[i // 100]
                 msg: Any = IncomingFd(
