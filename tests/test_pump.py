@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_mux import tcp_pair
 from test_native_relay import run_check
@@ -251,6 +251,8 @@ CONN_FRAMES = st.one_of(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=st.lists(st.one_of(CONN_FRAMES, ANY_MESSAGE), min_size=1, max_size=12))
+# a pump message from a peer, with an id too big to hold:
+@example(messages=[PumpSync(conn=2**63)])
 def test_the_pump_reads_every_frame_as_the_python_codec_does(
     check: Path, messages: list[Any]
 ) -> None:

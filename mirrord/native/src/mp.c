@@ -272,7 +272,6 @@ static int skip(struct mpr *r, int depth) {
     const uint8_t *at;
     uint32_t n;
     const char *s;
-    int64_t i;
     int b;
     if (depth > MAX_DEPTH)
         return fail(r);
@@ -281,8 +280,12 @@ static int skip(struct mpr *r, int depth) {
         return mpr_nil(r);
     case MP_BOOL:
         return mpr_bool(r, &b);
-    case MP_INT:
-        return mpr_int(r, &i);
+    case MP_INT: /* any width and value, even one above INT64_MAX that mpr_int refuses */
+        if (take(r, 1, &at))
+            return -1;
+        if (at[0] >= 0xcc && at[0] <= 0xd3)
+            return take(r, (size_t)1 << ((at[0] - 0xcc) & 3), &at);
+        return 0;
     case MP_STR:
         return mpr_str(r, &s, &n);
     case MP_BIN:

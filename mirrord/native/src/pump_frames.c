@@ -42,6 +42,17 @@ static int needs(enum pump_kind kind) {
     }
 }
 
+/* An integer field; one above INT64_MAX (valid msgpack, no id the pump can hold) reads as -1,
+ * which the checks below refuse, so the message's tag still decides what the frame is. */
+static int int_field(struct mpr *r, int64_t *v) {
+    struct mpr before = *r;
+    if (mpr_int(r, v) == 0)
+        return 0;
+    *r = before;
+    *v = -1;
+    return mpr_skip(r);
+}
+
 void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out) {
     memset(out, 0, sizeof *out);
     struct mpr r;
@@ -64,7 +75,7 @@ void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out) {
             kind = kind_of(tag, tlen);
             tagged = 1;
         } else if (key_is(key, klen, "conn") && mpr_peek(&r) == MP_INT) {
-            if (mpr_int(&r, &out->conn))
+            if (int_field(&r, &out->conn))
                 return;
             has |= HAS_CONN;
         } else if (key_is(key, klen, "data") && mpr_peek(&r) == MP_BIN) {
@@ -80,15 +91,15 @@ void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out) {
                 return;
             has |= HAS_RESET;
         } else if (key_is(key, klen, "amount") && mpr_peek(&r) == MP_INT) {
-            if (mpr_int(&r, &out->amount))
+            if (int_field(&r, &out->amount))
                 return;
             has |= HAS_AMOUNT;
         } else if (key_is(key, klen, "fd") && mpr_peek(&r) == MP_INT) {
-            if (mpr_int(&r, &out->fd))
+            if (int_field(&r, &out->fd))
                 return;
             has |= HAS_FD;
         } else if (key_is(key, klen, "credit") && mpr_peek(&r) == MP_INT) {
-            if (mpr_int(&r, &out->credit))
+            if (int_field(&r, &out->credit))
                 return;
             has |= HAS_CREDIT;
         } else {
