@@ -35,12 +35,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 PLANE = {"native": False}
 
 
-@pytest.fixture(autouse=True, params=["python", "native"])
-def plane(request: pytest.FixtureRequest) -> Any:
-    """Where the Muxes' sockets are run: by the event loop, or by native pumps."""
-    if request.param == "native":
+@pytest.fixture(autouse=True, params=["python", "native", "native-copying"])
+def plane(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Where the Muxes' sockets are run: by the event loop, or by native pumps (which
+    splice bulk bytes, or with MIRRORD_PUMP_SPLICE=0 copy them as any other)."""
+    if request.param != "python":
         assert pump.available(), "the native pump is not built (python -m mirrord.native.build)"
-    PLANE["native"] = request.param == "native"
+    if request.param == "native-copying":
+        monkeypatch.setenv("MIRRORD_PUMP_SPLICE", "0")
+    PLANE["native"] = request.param != "python"
     yield request.param
     PLANE["native"] = False
 
@@ -152,6 +155,67 @@ async def test_many_connections_at_once() -> None:
         )
         assert [g for g, _ in results] == [b"HELLO\n"] * 200
         assert [e for _, e in results] == payloads
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix-link", "tcp-link"])
+async def test_bulk_transfers_at_once_each_arrive_whole(tcp: bool) -> None:
+    """Big payloads of several connections interleave on the link (natively, each frame's
+    payload then goes by splice behind its head, and what a full link does not take is
+    queued behind it)."""
+    async with muxes(tcp=tcp) as pair, server(greet_and_echo) as address:
+        clients = [await pair.relay(address) for _ in range(4)]
+        payloads = [os.urandom(6_000_000 + 4099 * i) for i in range(4)]
+        results = await asyncio.gather(
+            *(exchange(c, p) for c, p in zip(clients, payloads, strict=True))
+        )
+        for (greeting, echoed), payload in zip(results, payloads, strict=True):
+            assert greeting == b"HELLO\n"
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_a_connection_reset_in_the_middle_of_a_bulk_transfer_costs_the_others_nothing() -> (
+    None
+):
+    """The server resets one upload after its first bytes while the rest of its frames are
+    on the link; another upload, at the same time, arrives whole."""
+
+    async def reset_or_count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.readexactly(1)
+        if first == b"r":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            writer.transport.abort()
+            return
+        digest, total = hashlib.sha256(first), 1
+        while data := await reader.read(1 << 20):
+            digest.update(data)
+            total += len(data)
+        writer.write(f"{total} {digest.hexdigest()}".encode())
+        await writer.drain()
+        writer.close()
+
+    async def upload(client: socket.socket, payload: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(sock=client)
+        try:
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            return await reader.read()
+        except ConnectionError:
+            return b"reset"
+        finally:
+            writer.close()
+
+    async with muxes() as pair, server(reset_or_count) as address:
+        doomed, kept = await pair.relay(address), await pair.relay(address)
+        payload = b"k" + os.urandom(20_000_000)
+        results = await asyncio.gather(
+            upload(doomed, b"r" + os.urandom(20_000_000)), upload(kept, payload)
+        )
+        assert results[0] in (b"reset", b"")
+        assert results[1] == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
 
 
 async def test_a_slow_reader_holds_its_sender_back() -> None:

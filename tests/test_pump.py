@@ -8,6 +8,8 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,25 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
 def frame(body: dict[str, Any]) -> bytes:
     payload = msgpack.packb(body, use_bin_type=True)
     return struct.pack(">I", len(payload)) + payload
+
+
+@asynccontextmanager
+async def pumped(sock: socket.socket) -> AsyncIterator[tuple[Link, Mux]]:
+    """A started Link on `sock` with its pump, and its Mux; closed at the end."""
+    async with anyio.create_task_group() as tg:
+        link = Link(sock).with_pump()
+        mux = Mux(link, tg)
+        link.start()
+        yield link, mux
+        await link.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def attached(mux: Mux, conn: int) -> socket.socket:
+    """The app's end of a TCP connection whose other end `mux` runs as `conn`."""
+    app, local = tcp_pair()
+    await mux.attach_socket(conn, local)
+    return app
 
 
 async def test_a_peer_that_sends_a_local_message_ends_the_link() -> None:
@@ -147,12 +168,8 @@ async def test_closing_the_link_ends_its_pump_and_resets_what_it_ran() -> None:
 
 async def test_a_peer_that_goes_away_resets_the_connections_and_the_link_ends() -> None:
     ours, peer = socket.socketpair()
-    async with anyio.create_task_group() as tg:
-        link = Link(ours).with_pump()
-        mux = Mux(link, tg)
-        link.start()
-        app, local = tcp_pair()
-        await mux.attach_socket(4, local)
+    async with pumped(ours) as (link, mux):
+        app = await attached(mux, 4)
         peer.sendall(encode(Data(conn=4, data=b"half a reply")))
         app.settimeout(5)
         assert await anyio.to_thread.run_sync(app.recv, 64) == b"half a reply"
@@ -161,8 +178,6 @@ async def test_a_peer_that_goes_away_resets_the_connections_and_the_link_ends() 
             await anyio.to_thread.run_sync(app.recv, 64)  # a reset, not a clean end
         with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
             await link.receive()
-        await link.aclose()
-        tg.cancel_scope.cancel()
     app.close()
 
 
@@ -364,5 +379,88 @@ async def test_a_hung_up_socket_waiting_for_credit_costs_no_cpu_and_loses_nothin
         assert isinstance(msgs[-1], (Eof, Close))
         await link.aclose()
         tg.cancel_scope.cancel()
+    app.close()
+    peer.close()
+
+
+async def test_a_frame_cut_short_by_its_connections_reset_leaves_the_link_in_step() -> None:
+    """A big Data frame arrives in two parts (the pump splices the second to the socket
+    behind the first); its app resets between them. The rest of the frame is dropped, the
+    peer hears the reset, and the frames behind it are read as frames: another connection's
+    bytes arrive, exactly."""
+    ours, peer = socket.socketpair()
+    async with pumped(ours) as (link, mux):
+        doomed, other = await attached(mux, 4), await attached(mux, 6)
+        for app, conn in ((doomed, 4), (other, 6)):  # (both synced: the pump runs them)
+            peer.sendall(encode(Data(conn=conn, data=b"ready")))
+            app.settimeout(5)
+            assert await anyio.to_thread.run_sync(app.recv, 64) == b"ready"
+        payload = os.urandom(300_000)
+        head = data_frame_header(4, len(payload))
+        peer.sendall(head + payload[:100_000])
+        got = bytearray()
+        while len(got) < 100_000:
+            got += await anyio.to_thread.run_sync(app_recv, doomed)
+        assert bytes(got) == payload[:100_000]
+        doomed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        doomed.close()  # a reset
+        codec = Codec()
+
+        def until_reset() -> None:
+            peer.settimeout(10)
+            while True:
+                codec.feed(peer.recv(1 << 20))
+                while (msg := codec.next_message()) is not None:
+                    if msg == Close(conn=4, reset=True):
+                        return
+
+        await anyio.to_thread.run_sync(until_reset)
+        peer.sendall(payload[100_000:] + encode(Data(conn=6, data=b"next")) + encode(Ping(seq=9)))
+        assert await anyio.to_thread.run_sync(app_recv, other) == b"next"
+        more = os.urandom(300_000)  # (spliced too: nothing of the dropped rest is left over)
+        peer.sendall(data_frame_header(6, len(more)) + more[:1000])
+        await anyio.sleep(0.1)
+        peer.sendall(more[1000:])
+        got = bytearray()
+        while len(got) < len(more):
+            got += await anyio.to_thread.run_sync(app_recv, other)
+        assert bytes(got) == more
+        with anyio.fail_after(5):
+            assert await link.receive() == Ping(seq=9)
+    other.close()
+    peer.close()
+
+
+def app_recv(app: socket.socket) -> bytes:
+    app.settimeout(5)
+    return app.recv(1 << 20)
+
+
+async def test_what_a_full_link_cannot_take_waits_in_order_behind_its_frames_head() -> None:
+    """A bulk upload into a link whose peer reads late: the pump splices what the link
+    takes and queues the rest; the peer reads every byte, in order, in whole frames."""
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+    async with pumped(ours) as (link, mux):
+        app = await attached(mux, 3)
+        payload = os.urandom(8 * INITIAL_WINDOW)
+        peer.sendall(encode(Credit(conn=3, amount=len(payload))))
+        sender = threading.Thread(target=app.sendall, args=(payload,))
+        sender.start()
+        await anyio.sleep(0.5)  # the link is full, the app's socket too
+        received = bytearray()
+        codec = Codec()
+
+        def read_all() -> None:
+            peer.settimeout(10)
+            while len(received) < len(payload):
+                codec.feed(peer.recv(1 << 20))
+                while (msg := codec.next_message()) is not None:
+                    assert isinstance(msg, Data) and msg.conn == 3, msg
+                    received.extend(msg.data)
+
+        await anyio.to_thread.run_sync(read_all)
+        sender.join(10)
+        assert bytes(received) == payload
     app.close()
     peer.close()

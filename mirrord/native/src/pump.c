@@ -17,6 +17,7 @@
  * pump runs gets a pump_error to Python, which ends the link as its own decoder would. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -42,6 +43,10 @@
 #define MAX_FDS 64
 #define GROW_WITHIN 0.05
 #define CLOSE_GRACE_MS 1000 /* Python closed its end: how long what it wrote may take */
+/* Bulk bytes (a read at least this big) go socket -> pipe -> socket by splice(2), which
+ * moves page references instead of copying them through this thread twice. */
+#define SPLICE_MIN (64 * 1024)
+#define PIPE_SIZE (1024 * 1024)
 
 enum src_kind { S_LINK, S_PY, S_CONN };
 
@@ -61,6 +66,7 @@ struct conn {
     double round_start;
     struct buf out, pending; /* bytes for the socket; frames held while syncing */
     int syncing, sent_eof, got_eof, shut_pending, peer_closed, done, closing;
+    int bulk; /* its last read was big: the next one goes by splice */
     struct conn *next_in_bucket, *prev_all, *next_all, *next_dead;
 };
 
@@ -80,6 +86,11 @@ struct pump {
     int arrived[MAX_FDS]; /* descriptors from Python not yet tied to a frame */
     int narrived;
     int link_gone, py_gone, broken, congested, py_full, py_shut;
+    int splice_ok, out_pipe[2], in_pipe[2]; /* conn -> link, link -> conn */
+    size_t pipe_size;
+    int in_bulk;     /* the link's last payload came by splice: read the next frame's head alone */
+    int64_t in_conn; /* whose payload the link is in the middle of, */
+    size_t in_left;  /* and how much of it is still to come */
     struct timespec grace_end;
     int64_t initial_window, max_window, growth_budget, grown, max_chunk;
     struct conn **buckets;
@@ -130,6 +141,26 @@ static void buf_take(struct buf *b, size_t n) {
 static void buf_free(struct buf *b) {
     free(b->p);
     memset(b, 0, sizeof *b);
+}
+
+/* Moves the `n` bytes a pipe of ours holds into `b`, or drops them (b NULL): they are
+ * there, so nothing waits. Nonzero if memory ran out (what is left is dropped). */
+static int pipe_to_buf(int pipe, struct buf *b, size_t n) {
+    uint8_t scratch[16 * 1024];
+    int failed = 0;
+    while (n) {
+        uint8_t *at = b && !failed ? buf_room(b, n) : NULL;
+        failed |= b && !at;
+        ssize_t got = read(pipe, at ? at : scratch, at ? n : (n < sizeof scratch ? n : sizeof scratch));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return -1;
+        if (at)
+            b->tail += (size_t)got;
+        n -= (size_t)got;
+    }
+    return failed;
 }
 
 static double now_s(void) {
@@ -233,12 +264,20 @@ static void bury(struct pump *p, struct conn *c) {
     p->dead = c;
 }
 
+static void nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0)
+        fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
 static void linger_zero(int fd) {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
 /* ---------------------------------------------------------------- frames out */
+
+static void gone_link(struct pump *p);
 
 static void to_link(struct pump *p, struct mpw *w) {
     if (!w->failed && !p->link_gone)
@@ -394,16 +433,49 @@ static void flush_conn(struct pump *p, struct conn *c) {
     update_conn(p, c);
 }
 
+/* A read of the connection's socket that goes to the link without passing through here:
+ * socket -> pipe, its frame's header, pipe -> link. What the link does not take at once
+ * is queued behind the header as a plain read would have queued it. As recv(). */
+static ssize_t splice_conn(struct pump *p, struct conn *c, size_t want) {
+    ssize_t n = splice(c->fd, NULL, p->out_pipe[1], NULL, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n < 0 && errno == EINVAL) { /* not a socket splice(2) reads: plain reads from now on */
+        p->splice_ok = 0;
+        errno = EAGAIN;
+    }
+    if (n <= 0)
+        return n;
+    uint8_t head[PUMP_DATA_HEADER];
+    pump_data_header(head, (uint64_t)c->id, (uint32_t)n);
+    ssize_t h = send(p->link, head, sizeof head, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE), s = 0;
+    if (h == (ssize_t)sizeof head)
+        s = splice(p->out_pipe[0], NULL, p->link, NULL, (size_t)n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    h = h < 0 ? 0 : h; /* (a link that failed: the next send_link finds out) */
+    s = s < 0 ? 0 : s;
+    p->lout_sent += (uint64_t)(h + s);
+    buf_put(&p->lout, head + h, sizeof head - (size_t)h);
+    if (pipe_to_buf(p->out_pipe[0], &p->lout, (size_t)(n - s)))
+        gone_link(p); /* out of memory with the stream cut short: the link cannot go on */
+    return n;
+}
+
 /* 1 if the socket filled the read (there may be more), else 0 */
 static int read_conn(struct pump *p, struct conn *c) {
     size_t want = (size_t)(c->send_credit < p->max_chunk ? c->send_credit : p->max_chunk);
-    uint8_t *at = buf_room(&p->lout, PUMP_DATA_HEADER + want);
-    if (!at)
-        return 0;
-    ssize_t n = recv(c->fd, at + PUMP_DATA_HEADER, want, MSG_DONTWAIT);
+    ssize_t n;
+    if (c->bulk && p->splice_ok && !buf_len(&p->lout) && !p->nfdq && !p->link_gone) {
+        n = splice_conn(p, c, want);
+    } else {
+        uint8_t *at = buf_room(&p->lout, PUMP_DATA_HEADER + want);
+        if (!at)
+            return 0;
+        n = recv(c->fd, at + PUMP_DATA_HEADER, want, MSG_DONTWAIT);
+        if (n > 0) {
+            pump_data_header(at, (uint64_t)c->id, (uint32_t)n);
+            p->lout.tail += PUMP_DATA_HEADER + (size_t)n;
+        }
+    }
     if (n > 0) {
-        pump_data_header(at, (uint64_t)c->id, (uint32_t)n);
-        p->lout.tail += PUMP_DATA_HEADER + (size_t)n;
+        c->bulk = n >= SPLICE_MIN;
         c->send_credit -= n;
         if (c->send_credit <= 0)
             update_conn(p, c);
@@ -552,13 +624,86 @@ static void gone_link(struct pump *p) {
         close(p->fdq[i].fd);
     p->nfdq = 0;
     p->lout.head = p->lout.tail = 0;
+    p->in_left = 0;
+}
+
+/* The frame that a read cut short, when it is a big Data frame of a connection the pump
+ * runs: its bytes here go to the socket and the rest of its payload will come by splice
+ * (in_left). Else the frame is read whole, as any other. Whether the next read is of a
+ * frame's head alone (in_bulk) follows from what this one was. */
+static void begin_payload(struct pump *p) {
+    size_t have = buf_len(&p->lin);
+    if (!have || p->broken)
+        return;
+    const uint8_t *at = p->lin.p + p->lin.head;
+    int64_t id;
+    size_t offset;
+    uint32_t size;
+    int r = have < 4 ? 0 : pump_data_prefix(at + 4, have - 4, &id, &offset, &size);
+    if (r == 0)
+        return; /* too little to tell yet */
+    uint32_t len = (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+    struct conn *c = r > 0 ? lookup(p, id) : NULL;
+    size_t here = have - 4 - (r > 0 ? offset : 0);
+    p->in_bulk = c && p->splice_ok && len == offset + size && size - here >= SPLICE_MIN &&
+                 !c->syncing && !c->got_eof && c->in_flight + size + c->undelivered <= c->window;
+    if (!p->in_bulk)
+        return; /* (an overrun is named once the whole frame is here) */
+    c->in_flight += size;
+    p->in_conn = id;
+    p->in_left = size - here;
+    if (here)
+        write_conn(p, c, at + 4 + offset, here);
+    buf_take(&p->lin, have);
+}
+
+/* Some of the payload begin_payload() left to come: link -> pipe -> the connection's
+ * socket, or queued for it when the socket is full. */
+static void read_payload(struct pump *p) {
+    size_t want = p->in_left < p->pipe_size ? p->in_left : p->pipe_size;
+    ssize_t n = splice(p->link, NULL, p->in_pipe[1], NULL, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        gone_link(p); /* (a cut frame: Python hears EOF, as with any link that went away) */
+        return;
+    }
+    p->in_left -= (size_t)n;
+    struct conn *c = lookup(p, p->in_conn);
+    if (!c || c->got_eof) { /* reset or failed meanwhile: its bytes are dropped */
+        pipe_to_buf(p->in_pipe[0], NULL, (size_t)n);
+        return;
+    }
+    ssize_t s = 0;
+    if (!buf_len(&c->out)) {
+        s = splice(p->in_pipe[0], NULL, c->fd, NULL, (size_t)n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (s < 0 && errno != EAGAIN && errno != EINTR) {
+            pipe_to_buf(p->in_pipe[0], NULL, (size_t)n);
+            finish(p, c, 1);
+            return;
+        }
+        s = s < 0 ? 0 : s;
+        delivered(p, c, (size_t)s);
+    }
+    if (s < n) {
+        if (pipe_to_buf(p->in_pipe[0], &c->out, (size_t)(n - s))) {
+            finish(p, c, 1); /* (out of memory: this connection's bytes are lost, so it ends) */
+            return;
+        }
+        update_conn(p, c);
+    }
 }
 
 static void read_link(struct pump *p) {
-    uint8_t *at = buf_room(&p->lin, LINK_READ_SIZE);
+    if (p->in_left) {
+        read_payload(p);
+        return;
+    }
+    size_t want = p->in_bulk ? PUMP_DATA_HEADER : LINK_READ_SIZE;
+    uint8_t *at = buf_room(&p->lin, want);
     if (!at)
         return;
-    ssize_t n = recv(p->link, at, LINK_READ_SIZE, MSG_DONTWAIT);
+    ssize_t n = recv(p->link, at, want, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -571,7 +716,9 @@ static void read_link(struct pump *p) {
         buf_put(&p->pout, p->lin.p + p->lin.head, buf_len(&p->lin));
         buf_take(&p->lin, buf_len(&p->lin));
         p->broken = 1;
+        return;
     }
+    begin_payload(p);
 }
 
 static void send_link(struct pump *p) {
@@ -646,6 +793,7 @@ static void attach(struct pump *p, const struct pump_frame *f) {
     c->syncing = 1;
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* (fails on unix: fine) */
+    nonblocking(c->fd);
     if (p->count >= p->nbuckets)
         grow_table(p);
     size_t at = bucket_of(p, c->id);
@@ -884,7 +1032,17 @@ static void run(struct pump *p) {
     bury_the_dead(p);
 }
 
+static void close_pipes(struct pump *p) {
+    for (int i = 0; i < 2; i++) {
+        if (p->out_pipe[i] >= 0)
+            close(p->out_pipe[i]);
+        if (p->in_pipe[i] >= 0)
+            close(p->in_pipe[i]);
+    }
+}
+
 static void destroy(struct pump *p) {
+    close_pipes(p);
     for (int i = 0; i < p->nfdq; i++)
         close(p->fdq[i].fd);
     for (int i = 0; i < p->narrived; i++)
@@ -907,6 +1065,22 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
+/* Two pipes for splice(2), as big as we may make them; without them (or with
+ * MIRRORD_PUMP_SPLICE=0, to compare) every byte is copied through the pump. */
+static void open_pipes(struct pump *p) {
+    const char *choice = getenv("MIRRORD_PUMP_SPLICE");
+    if ((choice && strcmp(choice, "0") == 0) || pipe2(p->out_pipe, O_NONBLOCK | O_CLOEXEC) ||
+        pipe2(p->in_pipe, O_NONBLOCK | O_CLOEXEC))
+        return;
+    fcntl(p->out_pipe[1], F_SETPIPE_SZ, PIPE_SIZE); /* (refused beyond the system's limit) */
+    fcntl(p->in_pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
+    int out = fcntl(p->out_pipe[1], F_GETPIPE_SZ), in = fcntl(p->in_pipe[1], F_GETPIPE_SZ);
+    if (out <= 0 || in <= 0)
+        return;
+    p->pipe_size = (size_t)(out < in ? out : in);
+    p->splice_ok = 1;
+}
+
 /* Starts the pump on `link` (the link's socket) and `py` (its end of Python's socket
  * pair); both belong to the pump from here on, also when it fails (-errno). */
 EXPORT int mirrord_pump_start(int link, int py, int64_t initial_window, int64_t max_window,
@@ -915,6 +1089,7 @@ EXPORT int mirrord_pump_start(int link, int py, int64_t initial_window, int64_t 
     int err = ENOMEM;
     if (!p)
         goto fail;
+    p->out_pipe[0] = p->out_pipe[1] = p->in_pipe[0] = p->in_pipe[1] = -1;
     p->link_kind = S_LINK;
     p->py_kind = S_PY;
     p->link = link;
@@ -930,6 +1105,8 @@ EXPORT int mirrord_pump_start(int link, int py, int64_t initial_window, int64_t 
         err = p->ep < 0 ? errno : ENOMEM;
         goto fail;
     }
+    open_pipes(p);
+    nonblocking(link); /* (splice(2) waits on a blocking socket, whatever its flags say) */
     p->link_mask = p->py_mask = EPOLLIN;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &p->link_kind};
     struct epoll_event pev = {.events = EPOLLIN, .data.ptr = &p->py_kind};
@@ -955,6 +1132,7 @@ fail:
     if (p) {
         if (p->ep > 0)
             close(p->ep);
+        close_pipes(p);
         free(p->buckets);
         free(p);
     }

@@ -120,6 +120,48 @@ void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out) {
     out->kind = kind;
 }
 
+int pump_data_prefix(const uint8_t *payload, size_t avail, int64_t *conn, size_t *offset,
+                     uint32_t *size) {
+    struct mpr r;
+    mpr_init(&r, payload, avail);
+    uint32_t pairs, n;
+    const char *s;
+    int unsure = avail < PUMP_DATA_HEADER - 4 ? 0 : -1; /* (a longer prefix is never valid) */
+    if (mpr_map(&r, &pairs) || mpr_str(&r, &s, &n))
+        return unsure;
+    if (pairs != 3 || !key_is(s, n, "t"))
+        return -1;
+    if (mpr_str(&r, &s, &n))
+        return unsure;
+    if (!key_is(s, n, "data"))
+        return -1;
+    if (mpr_str(&r, &s, &n))
+        return unsure;
+    if (!key_is(s, n, "conn") || (mpr_peek(&r) != MP_INT && mpr_peek(&r) != MP_END))
+        return -1;
+    if (mpr_int(&r, conn))
+        return unsure;
+    if (*conn < 0)
+        return -1;
+    if (mpr_str(&r, &s, &n))
+        return unsure;
+    if (!key_is(s, n, "data"))
+        return -1;
+    if (r.p >= r.end)
+        return unsure;
+    int width = *r.p == 0xc4 ? 1 : *r.p == 0xc5 ? 2 : *r.p == 0xc6 ? 4 : 0;
+    if (!width)
+        return -1;
+    if ((size_t)(r.end - r.p) < 1 + (size_t)width)
+        return unsure;
+    uint32_t len = 0;
+    for (int i = 1; i <= width; i++)
+        len = len << 8 | r.p[i];
+    *offset = (size_t)(r.p - payload) + 1 + (size_t)width;
+    *size = len;
+    return 1;
+}
+
 static void put_be(uint8_t *at, uint64_t v, int bytes) {
     for (int i = bytes - 1; i >= 0; i--) {
         at[i] = (uint8_t)(v & 0xff);

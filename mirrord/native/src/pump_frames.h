@@ -43,6 +43,13 @@ void pump_parse(const uint8_t *payload, size_t n, struct pump_frame *out);
  * bytes): the payload is then read straight behind it. */
 void pump_data_header(uint8_t *at, uint64_t conn, uint32_t size);
 
+/* The start of a Data frame's payload `payload` of which `avail` bytes are here, in the
+ * field order both senders write (tag, conn, data): 1 with its connection, the offset of
+ * the data's first byte and the data's size; 0 if too few bytes are here to tell; -1 if
+ * it is not such a frame (pump_parse reads the whole frame then). */
+int pump_data_prefix(const uint8_t *payload, size_t avail, int64_t *conn, size_t *offset,
+                     uint32_t *size);
+
 /* Whole frames (length prefix included) appended to `w`. */
 void pump_frame_eof(struct mpw *w, int64_t conn);
 void pump_frame_close(struct mpw *w, int64_t conn, int reset);
