@@ -67,6 +67,8 @@ struct conn {
     struct buf out, pending; /* bytes for the socket; frames held while syncing */
     int syncing, sent_eof, got_eof, shut_pending, peer_closed, done, closing;
     int bulk; /* its last read was big: the next one goes by splice */
+    int pipe[2];  /* bytes for the socket that came by splice, ahead of `out` (-1: none yet) */
+    size_t piped, pipe_size;
     struct conn *next_in_bucket, *prev_all, *next_all, *next_dead;
 };
 
@@ -238,11 +240,14 @@ static int can_read(const struct pump *p, const struct conn *c) {
            buf_len(&p->lout) <= HIGH_WATER; /* (many sockets ready in one pass) */
 }
 
+/* bytes on their way to the connection's socket: in its pipe, then in `out` */
+static size_t queued(const struct conn *c) { return c->piped + buf_len(&c->out); }
+
 static void update_conn(struct pump *p, struct conn *c) {
     uint32_t want = 0;
     if (can_read(p, c))
         want |= EPOLLIN;
-    if (buf_len(&c->out))
+    if (queued(c))
         want |= EPOLLOUT;
     set_mask(p, c, want);
 }
@@ -253,6 +258,12 @@ static void bury(struct pump *p, struct conn *c) {
         close(c->fd); /* (also leaves the epoll set) */
         c->fd = -1;
     }
+    for (int i = 0; i < 2; i++)
+        if (c->pipe[i] >= 0) {
+            close(c->pipe[i]);
+            c->pipe[i] = -1;
+        }
+    c->piped = 0;
     if (c->prev_all)
         c->prev_all->next_all = c->next_all;
     else if (p->all == c)
@@ -322,7 +333,7 @@ static void finish(struct pump *p, struct conn *c, int reset) {
     unlink_id(p, c);
     if (!c->peer_closed || reset)
         tell_close(p, c->id, reset);
-    if (reset || !buf_len(&c->out)) {
+    if (reset || !queued(c)) {
         if (reset && c->fd >= 0)
             linger_zero(c->fd);
         bury(p, c);
@@ -388,7 +399,7 @@ static void shut_write(struct conn *c) {
 }
 
 static void write_conn(struct pump *p, struct conn *c, const uint8_t *data, size_t n) {
-    if (buf_len(&c->out)) {
+    if (queued(c)) {
         buf_put(&c->out, data, n);
         return;
     }
@@ -407,7 +418,33 @@ static void write_conn(struct pump *p, struct conn *c, const uint8_t *data, size
     }
 }
 
+/* what the connection's pipe holds -> its socket; 0 once the pipe is empty, 1 if the
+ * socket is full, -1 if it failed */
+static int flush_pipe(struct pump *p, struct conn *c) {
+    while (c->piped) {
+        ssize_t sent = splice(c->pipe[0], NULL, c->fd, NULL, c->piped, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (sent < 0)
+            return errno == EAGAIN || errno == EINTR ? 1 : -1;
+        c->piped -= (size_t)sent;
+        if (!c->closing)
+            delivered(p, c, (size_t)sent);
+    }
+    return 0;
+}
+
 static void flush_conn(struct pump *p, struct conn *c) {
+    int piped = flush_pipe(p, c);
+    if (piped > 0) {
+        update_conn(p, c); /* (writable again: heard) */
+        return;
+    }
+    if (piped < 0) {
+        if (c->closing)
+            bury(p, c);
+        else
+            finish(p, c, 1);
+        return;
+    }
     while (buf_len(&c->out)) {
         ssize_t sent = send(c->fd, c->out.p + c->out.head, buf_len(&c->out), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0) {
@@ -550,7 +587,7 @@ static void apply(struct pump *p, struct conn *c, const struct pump_frame *f) {
         if (c->got_eof)
             break;
         c->got_eof = 1;
-        if (buf_len(&c->out))
+        if (queued(c))
             c->shut_pending = 1;
         else
             shut_write(c);
@@ -627,28 +664,47 @@ static void gone_link(struct pump *p) {
     p->in_left = 0;
 }
 
+/* A pipe of the connection's own, made when its first payload comes by splice: what its
+ * socket cannot take yet waits there, in the kernel, instead of being copied out. */
+static int conn_pipe(struct conn *c) {
+    if (c->pipe[0] >= 0)
+        return 1;
+    if (pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC)) {
+        c->pipe[0] = c->pipe[1] = -1;
+        return 0;
+    }
+    fcntl(c->pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
+    int size = fcntl(c->pipe[1], F_GETPIPE_SZ);
+    c->pipe_size = size > 0 ? (size_t)size : 0;
+    return 1;
+}
+
 /* The frame that a read cut short, when it is a big Data frame of a connection the pump
  * runs: its bytes here go to the socket and the rest of its payload will come by splice
- * (in_left). Else the frame is read whole, as any other. Whether the next read is of a
- * frame's head alone (in_bulk) follows from what this one was. */
+ * (in_left). Else the frame is read whole, as any other. While payloads are big, reads
+ * of the link stop at the next frame's head (in_bulk): a small Data frame ends that. */
 static void begin_payload(struct pump *p) {
     size_t have = buf_len(&p->lin);
     if (!have || p->broken)
         return;
     const uint8_t *at = p->lin.p + p->lin.head;
     int64_t id;
-    size_t offset;
-    uint32_t size;
+    size_t offset = 0;
+    uint32_t size = 0;
     int r = have < 4 ? 0 : pump_data_prefix(at + 4, have - 4, &id, &offset, &size);
-    if (r == 0)
-        return; /* too little to tell yet */
+    if (r <= 0)
+        return; /* too little to tell yet, or not a Data frame: read whole */
     uint32_t len = (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
-    struct conn *c = r > 0 ? lookup(p, id) : NULL;
-    size_t here = have - 4 - (r > 0 ? offset : 0);
-    p->in_bulk = c && p->splice_ok && len == offset + size && size - here >= SPLICE_MIN &&
-                 !c->syncing && !c->got_eof && c->in_flight + size + c->undelivered <= c->window;
-    if (!p->in_bulk)
-        return; /* (an overrun is named once the whole frame is here) */
+    struct conn *c = lookup(p, id);
+    size_t here = have - 4 - offset;
+    int fits = c && p->splice_ok && len == offset + size && size - here >= SPLICE_MIN &&
+               !c->syncing && !c->got_eof && c->in_flight + size + c->undelivered <= c->window;
+    if (!fits) { /* (an overrun is named once the whole frame is here) */
+        if (size < SPLICE_MIN / 4)
+            p->in_bulk = 0;
+        return;
+    }
+    p->in_bulk = 1;
     c->in_flight += size;
     p->in_conn = id;
     p->in_left = size - here;
@@ -657,11 +713,18 @@ static void begin_payload(struct pump *p) {
     buf_take(&p->lin, have);
 }
 
-/* Some of the payload begin_payload() left to come: link -> pipe -> the connection's
- * socket, or queued for it when the socket is full. */
+/* Some of the payload begin_payload() left to come: link -> the connection's pipe ->
+ * its socket. When its pipe is full or copied bytes wait ahead of it, through the
+ * pump's own pipe into the connection's queue. */
 static void read_payload(struct pump *p) {
+    struct conn *c = lookup(p, p->in_conn);
+    int live = c && !c->got_eof; /* (else reset or failed meanwhile: its bytes are dropped) */
+    size_t room = live && !buf_len(&c->out) && conn_pipe(c) ? c->pipe_size - c->piped : 0;
+    int own = room > 0;
     size_t want = p->in_left < p->pipe_size ? p->in_left : p->pipe_size;
-    ssize_t n = splice(p->link, NULL, p->in_pipe[1], NULL, want, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    want = own && room < want ? room : want;
+    ssize_t n = splice(p->link, NULL, own ? c->pipe[1] : p->in_pipe[1], NULL, want,
+                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -669,29 +732,31 @@ static void read_payload(struct pump *p) {
         return;
     }
     p->in_left -= (size_t)n;
-    struct conn *c = lookup(p, p->in_conn);
-    if (!c || c->got_eof) { /* reset or failed meanwhile: its bytes are dropped */
-        pipe_to_buf(p->in_pipe[0], NULL, (size_t)n);
+    if (own) {
+        c->piped += (size_t)n;
+        flush_conn(p, c);
         return;
     }
-    ssize_t s = 0;
-    if (!buf_len(&c->out)) {
-        s = splice(p->in_pipe[0], NULL, c->fd, NULL, (size_t)n, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-        if (s < 0 && errno != EAGAIN && errno != EINTR) {
-            pipe_to_buf(p->in_pipe[0], NULL, (size_t)n);
-            finish(p, c, 1);
-            return;
-        }
-        s = s < 0 ? 0 : s;
-        delivered(p, c, (size_t)s);
-    }
-    if (s < n) {
-        if (pipe_to_buf(p->in_pipe[0], &c->out, (size_t)(n - s))) {
+    if (!live || pipe_to_buf(p->in_pipe[0], &c->out, (size_t)n)) {
+        pipe_to_buf(p->in_pipe[0], NULL, (size_t)n); /* (no-op when it was moved) */
+        if (live)
             finish(p, c, 1); /* (out of memory: this connection's bytes are lost, so it ends) */
-            return;
-        }
-        update_conn(p, c);
+        return;
     }
+    update_conn(p, c);
+}
+
+/* How much to read from the link: in bulk, to the end of the frame in `lin` and the head
+ * of the next, so that a big payload is left for splice; else a lot at once. */
+static size_t link_read_size(const struct pump *p) {
+    size_t have = buf_len(&p->lin);
+    if (!p->in_bulk)
+        return LINK_READ_SIZE;
+    if (have < 4)
+        return PUMP_DATA_HEADER - have;
+    const uint8_t *at = p->lin.p + p->lin.head;
+    size_t frame = 4 + ((size_t)at[0] << 24 | (size_t)at[1] << 16 | (size_t)at[2] << 8 | at[3]);
+    return (frame > have ? frame - have : 0) + PUMP_DATA_HEADER;
 }
 
 static void read_link(struct pump *p) {
@@ -699,7 +764,7 @@ static void read_link(struct pump *p) {
         read_payload(p);
         return;
     }
-    size_t want = p->in_bulk ? PUMP_DATA_HEADER : LINK_READ_SIZE;
+    size_t want = link_read_size(p);
     uint8_t *at = buf_room(&p->lin, want);
     if (!at)
         return;
@@ -785,6 +850,7 @@ static void attach(struct pump *p, const struct pump_frame *f) {
         return;
     }
     c->kind = S_CONN;
+    c->pipe[0] = c->pipe[1] = -1;
     c->id = f->conn;
     c->fd = (int)f->fd;
     c->send_credit = f->credit;
