@@ -289,7 +289,7 @@ static int skip(struct mpr *r, int depth) {
     case MP_STR:
         return mpr_str(r, &s, &n);
     case MP_BIN:
-        if (take(r, 1, &at) || length(r, at[0] == 0xc4 ? 1 : at[0] == 0xc5 ? 2 : 4, &n))
+        if (mpr_bin_head(r, &n))
             return -1;
         return bytes_of(r, n, &s);
     case MP_ARRAY:
@@ -313,14 +313,18 @@ static int skip(struct mpr *r, int depth) {
 
 int mpr_skip(struct mpr *r) { return skip(r, 0); }
 
-int mpr_bin(struct mpr *r, const uint8_t **s, uint32_t *n) {
+int mpr_bin_head(struct mpr *r, uint32_t *n) {
     const uint8_t *at;
     if (take(r, 1, &at))
         return -1;
     uint8_t b = at[0];
     if (b < 0xc4 || b > 0xc6)
         return fail(r);
-    if (length(r, b == 0xc4 ? 1 : b == 0xc5 ? 2 : 4, n))
+    return length(r, b == 0xc4 ? 1 : b == 0xc5 ? 2 : 4, n);
+}
+
+int mpr_bin(struct mpr *r, const uint8_t **s, uint32_t *n) {
+    if (mpr_bin_head(r, n))
         return -1;
     return take(r, *n, s);
 }

@@ -39,6 +39,8 @@ int mpr_map(struct mpr *r, uint32_t *n);
 int mpr_array(struct mpr *r, uint32_t *n);
 int mpr_str(struct mpr *r, const char **s, uint32_t *n);
 int mpr_bin(struct mpr *r, const uint8_t **s, uint32_t *n);
+/* a bin's marker and length, not its bytes (they may not be here yet) */
+int mpr_bin_head(struct mpr *r, uint32_t *n);
 int mpr_int(struct mpr *r, int64_t *v);
 int mpr_bool(struct mpr *r, int *v);
 int mpr_nil(struct mpr *r);

@@ -147,18 +147,11 @@ int pump_data_prefix(const uint8_t *payload, size_t avail, int64_t *conn, size_t
         return unsure;
     if (!key_is(s, n, "data"))
         return -1;
-    if (r.p >= r.end)
+    if (mpr_peek(&r) != MP_BIN)
+        return mpr_peek(&r) == MP_END ? unsure : -1;
+    if (mpr_bin_head(&r, size))
         return unsure;
-    int width = *r.p == 0xc4 ? 1 : *r.p == 0xc5 ? 2 : *r.p == 0xc6 ? 4 : 0;
-    if (!width)
-        return -1;
-    if ((size_t)(r.end - r.p) < 1 + (size_t)width)
-        return unsure;
-    uint32_t len = 0;
-    for (int i = 1; i <= width; i++)
-        len = len << 8 | r.p[i];
-    *offset = (size_t)(r.p - payload) + 1 + (size_t)width;
-    *size = len;
+    *offset = (size_t)(r.p - payload);
     return 1;
 }
 
