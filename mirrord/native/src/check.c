@@ -83,8 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
 static int each_frame(uint32_t limit, void (*fn)(const uint8_t *, size_t)) {
     uint8_t head[4];
     while (fread(head, 1, 4, stdin) == 4) {
-        uint32_t n = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 |
-                     head[3];
+        uint32_t n = pump_frame_len(head);
         if (n > limit)
             return 2;
         uint8_t *data = malloc(n ? n : 1);

@@ -638,7 +638,7 @@ static void on_link_frame(struct pump *p, const uint8_t *frame, size_t n) {
 static int each_frame(struct pump *p, struct buf *b, void (*fn)(struct pump *, const uint8_t *, size_t)) {
     while (buf_len(b) >= 4 && !p->broken) {
         const uint8_t *at = b->p + b->head;
-        uint32_t len = (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+        uint32_t len = pump_frame_len(at);
         if (len > PUMP_MAX_FRAME)
             return 0;
         if (buf_len(b) < 4 + (size_t)len)
@@ -694,7 +694,7 @@ static void begin_payload(struct pump *p) {
     int r = have < 4 ? 0 : pump_data_prefix(at + 4, have - 4, &id, &offset, &size);
     if (r <= 0)
         return; /* too little to tell yet, or not a Data frame: read whole */
-    uint32_t len = (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+    uint32_t len = pump_frame_len(at);
     struct conn *c = lookup(p, id);
     size_t here = have - 4 - offset;
     int fits = c && p->splice_ok && len == offset + size && size - here >= SPLICE_MIN &&
@@ -755,7 +755,7 @@ static size_t link_read_size(const struct pump *p) {
     if (have < 4)
         return PUMP_DATA_HEADER - have;
     const uint8_t *at = p->lin.p + p->lin.head;
-    size_t frame = 4 + ((size_t)at[0] << 24 | (size_t)at[1] << 16 | (size_t)at[2] << 8 | at[3]);
+    size_t frame = 4 + (size_t)pump_frame_len(at);
     return (frame > have ? frame - have : 0) + PUMP_DATA_HEADER;
 }
 
@@ -887,7 +887,7 @@ static void synced(struct pump *p, struct conn *c) {
     size_t at = held.head;
     while (at + 4 <= held.tail && !c->done && !p->broken) {
         const uint8_t *fr = held.p + at;
-        size_t len = 4 + ((size_t)fr[0] << 24 | (size_t)fr[1] << 16 | (size_t)fr[2] << 8 | fr[3]);
+        size_t len = 4 + (size_t)pump_frame_len(fr);
         struct pump_frame f;
         pump_parse(fr + 4, len - 4, &f);
         apply(p, c, &f);

@@ -14,6 +14,11 @@
 /* a Data frame's header as pump_data_header() writes it, whatever the payload's size */
 #define PUMP_DATA_HEADER 36
 
+/* a frame's payload length: the 4 big-endian bytes in front of it */
+static inline uint32_t pump_frame_len(const uint8_t *at) {
+    return (uint32_t)at[0] << 24 | (uint32_t)at[1] << 16 | (uint32_t)at[2] << 8 | at[3];
+}
+
 enum pump_kind {
     PK_OTHER = 0, /* not ours to read: passed along whole */
     PK_DATA,
