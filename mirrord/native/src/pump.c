@@ -88,7 +88,7 @@ struct pump {
     int arrived[MAX_FDS]; /* descriptors from Python not yet tied to a frame */
     int narrived;
     int link_gone, py_gone, broken, congested, py_full, py_shut;
-    int splice_ok, out_pipe[2], in_pipe[2]; /* conn -> link, link -> conn */
+    int splice_ok, out_pipe[2]; /* conn -> link (link -> conn: each connection's own) */
     size_t pipe_size;
     int in_bulk;     /* the link's last payload came by splice: read the next frame's head alone */
     int64_t in_conn; /* whose payload the link is in the middle of, */
@@ -145,14 +145,14 @@ static void buf_free(struct buf *b) {
     memset(b, 0, sizeof *b);
 }
 
-/* Moves the `n` bytes a pipe of ours holds into `b`, or drops them (b NULL): they are
- * there, so nothing waits. Nonzero if memory ran out (what is left is dropped). */
+/* Moves the `n` bytes a pipe of ours holds into `b`: they are there, so nothing waits.
+ * Nonzero if memory ran out (the rest is read and dropped: the pipe is left empty). */
 static int pipe_to_buf(int pipe, struct buf *b, size_t n) {
     uint8_t scratch[16 * 1024];
     int failed = 0;
     while (n) {
-        uint8_t *at = b && !failed ? buf_room(b, n) : NULL;
-        failed |= b && !at;
+        uint8_t *at = failed ? NULL : buf_room(b, n);
+        failed |= !at;
         ssize_t got = read(pipe, at ? at : scratch, at ? n : (n < sizeof scratch ? n : sizeof scratch));
         if (got < 0 && errno == EINTR)
             continue;
@@ -163,6 +163,25 @@ static int pipe_to_buf(int pipe, struct buf *b, size_t n) {
         n -= (size_t)got;
     }
     return failed;
+}
+
+/* A pipe for splice(2), as big as we may make it: its size, or 0 (then fds may be -1). */
+static size_t open_pipe(int fds[2]) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC)) {
+        fds[0] = fds[1] = -1;
+        return 0;
+    }
+    fcntl(fds[1], F_SETPIPE_SZ, PIPE_SIZE); /* (refused beyond the system's limit) */
+    int size = fcntl(fds[1], F_GETPIPE_SZ);
+    return size > 0 ? (size_t)size : 0;
+}
+
+static void close_pipe(int fds[2]) {
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
 }
 
 static double now_s(void) {
@@ -258,11 +277,7 @@ static void bury(struct pump *p, struct conn *c) {
         close(c->fd); /* (also leaves the epoll set) */
         c->fd = -1;
     }
-    for (int i = 0; i < 2; i++)
-        if (c->pipe[i] >= 0) {
-            close(c->pipe[i]);
-            c->pipe[i] = -1;
-        }
+    close_pipe(c->pipe);
     c->piped = 0;
     if (c->prev_all)
         c->prev_all->next_all = c->next_all;
@@ -667,16 +682,9 @@ static void gone_link(struct pump *p) {
 /* A pipe of the connection's own, made when its first payload comes by splice: what its
  * socket cannot take yet waits there, in the kernel, instead of being copied out. */
 static int conn_pipe(struct conn *c) {
-    if (c->pipe[0] >= 0)
-        return 1;
-    if (pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC)) {
-        c->pipe[0] = c->pipe[1] = -1;
-        return 0;
-    }
-    fcntl(c->pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
-    int size = fcntl(c->pipe[1], F_GETPIPE_SZ);
-    c->pipe_size = size > 0 ? (size_t)size : 0;
-    return 1;
+    if (c->pipe[0] < 0)
+        c->pipe_size = open_pipe(c->pipe);
+    return c->pipe_size > 0;
 }
 
 /* The frame that a read cut short, when it is a big Data frame of a connection the pump
@@ -714,17 +722,25 @@ static void begin_payload(struct pump *p) {
 }
 
 /* Some of the payload begin_payload() left to come: link -> the connection's pipe ->
- * its socket. When its pipe is full or copied bytes wait ahead of it, through the
- * pump's own pipe into the connection's queue. */
+ * its socket. When its pipe is full or copied bytes wait ahead of it, read into the
+ * connection's queue instead; when the connection is gone, read and dropped. */
 static void read_payload(struct pump *p) {
     struct conn *c = lookup(p, p->in_conn);
-    int live = c && !c->got_eof; /* (else reset or failed meanwhile: its bytes are dropped) */
+    int live = c && !c->got_eof; /* (else reset or failed meanwhile) */
     size_t room = live && !buf_len(&c->out) && conn_pipe(c) ? c->pipe_size - c->piped : 0;
-    int own = room > 0;
     size_t want = p->in_left < p->pipe_size ? p->in_left : p->pipe_size;
-    want = own && room < want ? room : want;
-    ssize_t n = splice(p->link, NULL, own ? c->pipe[1] : p->in_pipe[1], NULL, want,
-                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    uint8_t scratch[16 * 1024], *at = NULL;
+    ssize_t n;
+    if (room) {
+        n = splice(p->link, NULL, c->pipe[1], NULL, room < want ? room : want,
+                   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    } else {
+        at = live ? buf_room(&c->out, want) : NULL;
+        if (live && !at)
+            finish(p, c, 1); /* (out of memory: this connection's bytes are lost, so it ends) */
+        n = recv(p->link, at ? at : scratch, at ? want : want < sizeof scratch ? want : sizeof scratch,
+                 MSG_DONTWAIT);
+    }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -732,18 +748,13 @@ static void read_payload(struct pump *p) {
         return;
     }
     p->in_left -= (size_t)n;
-    if (own) {
+    if (room) {
         c->piped += (size_t)n;
         flush_conn(p, c);
-        return;
+    } else if (at) {
+        c->out.tail += (size_t)n;
+        update_conn(p, c);
     }
-    if (!live || pipe_to_buf(p->in_pipe[0], &c->out, (size_t)n)) {
-        pipe_to_buf(p->in_pipe[0], NULL, (size_t)n); /* (no-op when it was moved) */
-        if (live)
-            finish(p, c, 1); /* (out of memory: this connection's bytes are lost, so it ends) */
-        return;
-    }
-    update_conn(p, c);
 }
 
 /* How much to read from the link: in bulk, to the end of the frame in `lin` and the head
@@ -1098,17 +1109,8 @@ static void run(struct pump *p) {
     bury_the_dead(p);
 }
 
-static void close_pipes(struct pump *p) {
-    for (int i = 0; i < 2; i++) {
-        if (p->out_pipe[i] >= 0)
-            close(p->out_pipe[i]);
-        if (p->in_pipe[i] >= 0)
-            close(p->in_pipe[i]);
-    }
-}
-
 static void destroy(struct pump *p) {
-    close_pipes(p);
+    close_pipe(p->out_pipe);
     for (int i = 0; i < p->nfdq; i++)
         close(p->fdq[i].fd);
     for (int i = 0; i < p->narrived; i++)
@@ -1131,20 +1133,14 @@ static void *thread_main(void *arg) {
     return NULL;
 }
 
-/* Two pipes for splice(2), as big as we may make them; without them (or with
+/* The pipe that reads of connections go to the link through; without it (or with
  * MIRRORD_PUMP_SPLICE=0, to compare) every byte is copied through the pump. */
-static void open_pipes(struct pump *p) {
+static void open_out_pipe(struct pump *p) {
     const char *choice = getenv("MIRRORD_PUMP_SPLICE");
-    if ((choice && strcmp(choice, "0") == 0) || pipe2(p->out_pipe, O_NONBLOCK | O_CLOEXEC) ||
-        pipe2(p->in_pipe, O_NONBLOCK | O_CLOEXEC))
+    if (choice && strcmp(choice, "0") == 0)
         return;
-    fcntl(p->out_pipe[1], F_SETPIPE_SZ, PIPE_SIZE); /* (refused beyond the system's limit) */
-    fcntl(p->in_pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
-    int out = fcntl(p->out_pipe[1], F_GETPIPE_SZ), in = fcntl(p->in_pipe[1], F_GETPIPE_SZ);
-    if (out <= 0 || in <= 0)
-        return;
-    p->pipe_size = (size_t)(out < in ? out : in);
-    p->splice_ok = 1;
+    p->pipe_size = open_pipe(p->out_pipe);
+    p->splice_ok = p->pipe_size > 0;
 }
 
 /* Starts the pump on `link` (the link's socket) and `py` (its end of Python's socket
@@ -1155,7 +1151,7 @@ EXPORT int mirrord_pump_start(int link, int py, int64_t initial_window, int64_t 
     int err = ENOMEM;
     if (!p)
         goto fail;
-    p->out_pipe[0] = p->out_pipe[1] = p->in_pipe[0] = p->in_pipe[1] = -1;
+    p->out_pipe[0] = p->out_pipe[1] = -1;
     p->link_kind = S_LINK;
     p->py_kind = S_PY;
     p->link = link;
@@ -1171,7 +1167,7 @@ EXPORT int mirrord_pump_start(int link, int py, int64_t initial_window, int64_t 
         err = p->ep < 0 ? errno : ENOMEM;
         goto fail;
     }
-    open_pipes(p);
+    open_out_pipe(p);
     nonblocking(link); /* (splice(2) waits on a blocking socket, whatever its flags say) */
     p->link_mask = p->py_mask = EPOLLIN;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &p->link_kind};
@@ -1198,7 +1194,7 @@ fail:
     if (p) {
         if (p->ep > 0)
             close(p->ep);
-        close_pipes(p);
+        close_pipe(p->out_pipe);
         free(p->buckets);
         free(p);
     }
