@@ -116,8 +116,7 @@ class Mux:
         credit = self.send_credit.available(conn)
         self.send_credit.forget(conn)  # (the pump counts from here)
         self.receive_credit.forget(conn)
-        sock.setblocking(False)
-        try:
+        try:  # (the pump makes the socket non-blocking itself)
             self.link.send_nowait(PumpAttach(conn=conn, fd=sock.fileno(), credit=credit))
         except GONE:
             del self.conns[conn]

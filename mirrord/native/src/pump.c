@@ -870,7 +870,7 @@ static void attach(struct pump *p, const struct pump_frame *f) {
     c->syncing = 1;
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* (fails on unix: fine) */
-    nonblocking(c->fd);
+    nonblocking(c->fd); /* (whatever the attacher left it: no read or splice here may wait) */
     if (p->count >= p->nbuckets)
         grow_table(p);
     size_t at = bucket_of(p, c->id);
