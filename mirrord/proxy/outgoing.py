@@ -21,7 +21,7 @@ import anyio.abc
 
 from mirrord.protocol import Connect, Connected, Message
 from mirrord.protocol.messages import with_req
-from mirrord.proxy.agent_client import AgentClient
+from mirrord.proxy.agent_client import AgentClient, Pending
 from mirrord.wire.link import Link
 from mirrord.wire.mux import RelayUdpPipe, linger_zero
 from mirrord.wire.splice import splice_sockets
@@ -33,19 +33,6 @@ RELAY_ACCEPT_TIMEOUT = 30.0
 RELAY_HOST = "127.0.0.1"
 #: How long a non-blocking connect may wait for the agent before it gets a relay at once.
 NONBLOCKING_WAIT = 0.01
-
-
-class _Answer:
-    """The agent's answer to a Connect, awaited in a task of its own."""
-
-    def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.reply: Message | None = None
-        self.fd: int | None = None
-
-    async def ask(self, agent: AgentClient, request: Connect) -> None:
-        self.reply, self.fd = await agent.request_fd(request)
-        self.ready.set()
 
 
 class Outgoing:
@@ -66,15 +53,12 @@ class Outgoing:
             reply, fd = await self.agent.request_fd(request)
             await self._deliver(msg, reply, fd)
             return
-        answer = _Answer()
-        self.tg.start_soon(answer.ask, self.agent, request)
-        with anyio.move_on_after(NONBLOCKING_WAIT):
-            await answer.ready.wait()
-        if answer.ready.is_set():
-            assert answer.reply is not None
-            await self._deliver(msg, answer.reply, answer.fd)
+        pending = self.agent.send_request(request)
+        answer = await self.agent.reply_to(pending, timeout=NONBLOCKING_WAIT)
+        if answer is not None:
+            await self._deliver(msg, *answer)
         else:
-            await self._relay_before_connected(msg, answer)
+            await self._relay_before_connected(msg, pending)
 
     async def _deliver(self, msg: Connect, reply: Message, fd: int | None) -> None:
         """The agent's answer to the app, as a blocking connect sees it."""
@@ -106,15 +90,19 @@ class Outgoing:
             return
         await self.agent.mux.attach_socket(conn, app)
 
-    async def _relay_before_connected(self, msg: Connect, answer: _Answer) -> None:
+    async def _relay_before_connected(self, msg: Connect, pending: Pending) -> None:
         listener, relay = _relay_listener()
         try:
             await self._reply_relay(msg, relay)
             app = await _accept_app(listener, relay)
-            await answer.ready.wait()
+            answer = await self.agent.reply_to(pending)
+        except BaseException:
+            await self.agent.abandon(pending)  # (cancelled: its connection is reset)
+            raise
         finally:
             listener.close()
-        reply, fd = answer.reply, answer.fd
+        assert answer is not None
+        reply, fd = answer
         if app is None:
             if fd is not None:
                 os.close(fd)

@@ -81,8 +81,9 @@ class Mux:
         self.congested = False
         #: sees every other message as it arrives, before it is queued for its reader: a
         #: message that announces a connection opens it here, so that the Data right
-        #: behind it in the same read finds it (a server that speaks first)
-        self.announcements: Callable[[Message], None] | None = None
+        #: behind it in the same read finds it (a server that speaks first); True takes
+        #: the message (it never reaches `link.receive()`)
+        self.announcements: Callable[[Message], bool | None] | None = None
         link.frame_handler = self._on_frame
         link.on_congestion = self._on_congestion
 
@@ -192,9 +193,7 @@ class Mux:
                 # a graceful close follows both Eofs: let what is queued reach the pipe
                 end.on_peer_close()
         else:
-            if self.announcements is not None:
-                self.announcements(msg)
-            return False
+            return self.announcements is not None and bool(self.announcements(msg))
         return True
 
     def _on_congestion(self, congested: bool) -> None:
