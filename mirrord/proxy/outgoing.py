@@ -49,18 +49,26 @@ class Outgoing:
         # the socket itself when both the layer and the agent link can carry it
         want_fd = msg.want_fd and self.agent.link.can_pass_fds and self.pass_fds
         request = replace(msg, want_fd=want_fd)
-        if not (msg.nonblocking and msg.proto == "tcp"):
-            reply, fd = await self.agent.request_fd(request)
-            await self._deliver(msg, reply, fd)
-            return
         pending = self.agent.send_request(request)
-        answer = await self.agent.reply_to(pending, timeout=NONBLOCKING_WAIT)
-        if answer is not None:
-            await self._deliver(msg, *answer)
-        else:
-            await self._relay_before_connected(msg, pending)
+        try:  # a relayed connection's listener is made while the agent connects, not after
+            relay = _relay_listener() if msg.proto == "tcp" and not want_fd else None
+        except OSError:
+            await self.agent.abandon(pending)
+            raise
+        try:
+            nonblocking = msg.nonblocking and msg.proto == "tcp"
+            answer = await self.agent.reply_to(pending, NONBLOCKING_WAIT if nonblocking else None)
+            if answer is not None:
+                await self._deliver(msg, *answer, relay=relay)
+            else:
+                await self._relay_before_connected(msg, pending, relay or _relay_listener())
+        finally:
+            if relay is not None:
+                relay[0].close()  # (unused when the connect failed)
 
-    async def _deliver(self, msg: Connect, reply: Message, fd: int | None) -> None:
+    async def _deliver(
+        self, msg: Connect, reply: Message, fd: int | None, relay: _Relay | None = None
+    ) -> None:
         """The agent's answer to the app, as a blocking connect sees it."""
         if fd is not None:
             try:
@@ -79,10 +87,10 @@ class Outgoing:
             self.udp_conns.append(conn)
             await self._reply_relay(msg, relay)
             return
-        listener, relay = _relay_listener()
+        listener, address = relay or _relay_listener()
         try:
-            await self._reply_relay(msg, relay)
-            app = await _accept_app(listener, relay)
+            await self._reply_relay(msg, address)
+            app = await _accept_app(listener, address)
         finally:
             listener.close()
         if app is None:
@@ -90,11 +98,11 @@ class Outgoing:
             return
         await self.agent.mux.attach_socket(conn, app)
 
-    async def _relay_before_connected(self, msg: Connect, pending: Pending) -> None:
-        listener, relay = _relay_listener()
+    async def _relay_before_connected(self, msg: Connect, pending: Pending, relay: _Relay) -> None:
+        listener, address = relay
         try:
-            await self._reply_relay(msg, relay)
-            app = await _accept_app(listener, relay)
+            await self._reply_relay(msg, address)
+            app = await _accept_app(listener, address)
             answer = await self.agent.reply_to(pending)
         except BaseException:
             await self.agent.abandon(pending)  # (cancelled: its connection is reset)
@@ -137,7 +145,11 @@ class Outgoing:
             await self.agent.mux.reset(conn)
 
 
-def _relay_listener() -> tuple[socket.socket, tuple]:
+#: a relay's listener and its address
+_Relay = tuple[socket.socket, tuple]
+
+
+def _relay_listener() -> _Relay:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((RELAY_HOST, 0))
     sock.listen(1)
