@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.abc
 
-from mirrord.protocol import Message, Ping, Pong
+from mirrord.protocol import Connect, Message, Ping, Pong
 from mirrord.protocol.directions import refusal
 from mirrord.wire.link import Link
 from mirrord.wire.mux import Mux
@@ -93,6 +93,16 @@ class ClientSession:
         self._routes: dict[type[Message], Feature] = {
             kind: feature for feature in self.features for kind in feature.handles
         }
+        self.mux.announcements = self._connect_at_once
+
+    def _connect_at_once(self, msg: Message) -> bool:
+        """A Connect starts as the link reads it, without waking `serve` first: the app
+        waits for this round trip. (Only Connect: other requests keep their order.)"""
+        feature = self._routes.get(Connect) if type(msg) is Connect else None
+        if feature is None:
+            return False
+        self.requests.spawn(self.link.guarded, feature.handle, msg, "agent")
+        return True
 
     async def serve(self) -> None:
         while True:

@@ -67,6 +67,16 @@ class LayerSession:
             RegisterListener: self.listener_request,
             ListenerInfo: self.listener_request,
         }
+        link.frame_handler = self._connect_at_once
+
+    def _connect_at_once(self, msg: Message) -> bool:
+        """A Connect starts as the link reads it, without waking `serve` first: a new
+        connection's round trip to the agent is the app's to wait for. (Only Connect:
+        the other requests keep their order with what `serve` handles itself.)"""
+        if type(msg) is not Connect:
+            return False
+        self.requests.spawn(self.link.guarded, self.outgoing.connect, msg, "intproxy")
+        return True
 
     async def serve(self) -> None:
         while True:
