@@ -47,6 +47,9 @@
  * moves page references instead of copying them through this thread twice. */
 #define SPLICE_MIN (64 * 1024)
 #define PIPE_SIZE (1024 * 1024)
+/* Small Data frames in a row that end bulk reads of the link: one alone (a sender's read
+ * that found little) would make the next read take whole frames, copied, not spliced. */
+#define SMALL_RUN 8
 
 enum src_kind { S_LINK, S_PY, S_CONN };
 
@@ -91,6 +94,7 @@ struct pump {
     int splice_ok, out_pipe[2]; /* conn -> link (link -> conn: each connection's own) */
     size_t pipe_size;
     int in_bulk;     /* the link's last payload came by splice: read the next frame's head alone */
+    int small_run;   /* small Data frames in a row since the last spliced one */
     int64_t in_conn; /* whose payload the link is in the middle of, */
     size_t in_left;  /* and how much of it is still to come */
     struct timespec grace_end;
@@ -690,7 +694,7 @@ static int conn_pipe(struct conn *c) {
 /* The frame that a read cut short, when it is a big Data frame of a connection the pump
  * runs: its bytes here go to the socket and the rest of its payload will come by splice
  * (in_left). Else the frame is read whole, as any other. While payloads are big, reads
- * of the link stop at the next frame's head (in_bulk): a small Data frame ends that. */
+ * of the link stop at the next frame's head (in_bulk): SMALL_RUN small Data frames end that. */
 static void begin_payload(struct pump *p) {
     size_t have = buf_len(&p->lin);
     if (!have || p->broken)
@@ -708,11 +712,12 @@ static void begin_payload(struct pump *p) {
     int fits = c && p->splice_ok && len == offset + size && size - here >= SPLICE_MIN &&
                !c->syncing && !c->got_eof && c->in_flight + size + c->undelivered <= c->window;
     if (!fits) { /* (an overrun is named once the whole frame is here) */
-        if (size < SPLICE_MIN / 4)
+        if (size < SPLICE_MIN / 4 && ++p->small_run >= SMALL_RUN)
             p->in_bulk = 0;
         return;
     }
     p->in_bulk = 1;
+    p->small_run = 0;
     c->in_flight += size;
     p->in_conn = id;
     p->in_left = size - here;
