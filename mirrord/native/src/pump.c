@@ -437,48 +437,36 @@ static void write_conn(struct pump *p, struct conn *c, const uint8_t *data, size
     }
 }
 
-/* what the connection's pipe holds -> its socket; 0 once the pipe is empty, 1 if the
- * socket is full, -1 if it failed */
-static int flush_pipe(struct pump *p, struct conn *c) {
-    while (c->piped) {
-        ssize_t sent = splice(c->pipe[0], NULL, c->fd, NULL, c->piped, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-        if (sent < 0)
-            return errno == EAGAIN || errno == EINTR ? 1 : -1;
-        c->piped -= (size_t)sent;
+/* After a write to the connection's socket of `sent` bytes (-1: errno says why): 1 to
+ * write on; 0 once the socket is full (EPOLLOUT is asked for) or the connection ended. */
+static int wrote(struct pump *p, struct conn *c, ssize_t sent) {
+    if (sent >= 0) {
         if (!c->closing)
             delivered(p, c, (size_t)sent);
+        return 1;
     }
+    if (errno == EAGAIN || errno == EINTR)
+        update_conn(p, c);
+    else if (c->closing)
+        bury(p, c);
+    else
+        finish(p, c, 1);
     return 0;
 }
 
+/* what waits for the socket -> the socket: its pipe's bytes first, then `out` */
 static void flush_conn(struct pump *p, struct conn *c) {
-    int piped = flush_pipe(p, c);
-    if (piped > 0) {
-        update_conn(p, c); /* (writable again: heard) */
-        return;
-    }
-    if (piped < 0) {
-        if (c->closing)
-            bury(p, c);
-        else
-            finish(p, c, 1);
-        return;
+    while (c->piped) {
+        ssize_t sent = splice(c->pipe[0], NULL, c->fd, NULL, c->piped, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+        if (!wrote(p, c, sent))
+            return;
+        c->piped -= (size_t)sent;
     }
     while (buf_len(&c->out)) {
         ssize_t sent = send(c->fd, c->out.p + c->out.head, buf_len(&c->out), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (sent < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                return;
-            if (c->closing) {
-                bury(p, c);
-                return;
-            }
-            finish(p, c, 1);
+        if (!wrote(p, c, sent))
             return;
-        }
         buf_take(&c->out, (size_t)sent);
-        if (!c->closing)
-            delivered(p, c, (size_t)sent);
     }
     if (c->shut_pending)
         shut_write(c);
