@@ -82,10 +82,10 @@ class Outgoing:
         conn = reply.conn  # known to the Mux already (AgentClient.run opened it)
         if msg.proto == "udp":
             udp = await anyio.create_udp_socket(local_host=RELAY_HOST, local_port=0)
-            relay = udp.extra(anyio.abc.SocketAttribute.raw_socket).getsockname()
+            address = udp.extra(anyio.abc.SocketAttribute.raw_socket).getsockname()
             self.agent.mux.attach(conn, RelayUdpPipe(udp))
             self.udp_conns.append(conn)
-            await self._reply_relay(msg, relay)
+            await self._reply_relay(msg, address)
             return
         listener, address = relay or _relay_listener()
         try:
