@@ -108,7 +108,7 @@ class ClientSession:
         while True:
             msg = await self.link.receive()  # connection frames went to the Mux already
             feature = self._routes.get(type(msg))
-            if feature is not None:
+            if feature is not None:  # (a Connect too, if it came with the handshake)
                 self.requests.spawn(self.link.guarded, feature.handle, msg, "agent")
             elif isinstance(msg, Ping):
                 await self.link.send(Pong(seq=msg.seq))

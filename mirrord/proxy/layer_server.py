@@ -61,7 +61,7 @@ class LayerSession:
         tg.start_soon(self.requests.run)
         #: requests that need more than forwarding to the agent
         self.handlers: dict[type[Message], Callable[[Any], Awaitable[None]]] = {
-            Connect: self.outgoing.connect,
+            Connect: self.outgoing.connect,  # (one read with the handshake; else _connect_at_once)
             Subscribe: self.subscribe,
             ConnInfo: self.conn_info,
             RegisterListener: self.listener_request,
