@@ -92,7 +92,6 @@ struct pump {
     int narrived;
     int link_gone, py_gone, broken, congested, py_full, py_shut;
     int splice_ok, out_pipe[2]; /* conn -> link (link -> conn: each connection's own) */
-    size_t pipe_size;
     int in_bulk;     /* the link's last payload came by splice: read the next frame's head alone */
     int small_run;   /* small Data frames in a row since the last spliced one */
     int64_t in_conn; /* whose payload the link is in the middle of, */
@@ -721,7 +720,7 @@ static void read_payload(struct pump *p) {
     struct conn *c = lookup(p, p->in_conn);
     int live = c && !c->got_eof; /* (else reset or failed meanwhile) */
     size_t room = live && !buf_len(&c->out) && conn_pipe(c) ? c->pipe_size - c->piped : 0;
-    size_t want = p->in_left < p->pipe_size ? p->in_left : p->pipe_size;
+    size_t want = p->in_left < LINK_READ_SIZE ? p->in_left : LINK_READ_SIZE;
     uint8_t scratch[16 * 1024], *at = NULL;
     ssize_t n;
     if (room) {
@@ -1132,8 +1131,7 @@ static void open_out_pipe(struct pump *p) {
     const char *choice = getenv("MIRRORD_PUMP_SPLICE");
     if (choice && strcmp(choice, "0") == 0)
         return;
-    p->pipe_size = open_pipe(p->out_pipe);
-    p->splice_ok = p->pipe_size > 0;
+    p->splice_ok = open_pipe(p->out_pipe) > 0;
 }
 
 /* Starts the pump on `link` (the link's socket) and `py` (its end of Python's socket
