@@ -66,6 +66,45 @@ def test_stdlib_clients_reach_backend(lab: Lab, tmp_path: Path, transport: str) 
     assert seen["hosts_file"] == lab.backend_addr
 
 
+#: app code: `path_of(sock, path)` GETs `path` on a connected socket, the path the backend saw
+RAW_GET = """
+import json, socket
+def path_of(s, path):
+    s.sendall(b"GET " + path.encode() + b" HTTP/1.1\\r\\nHost: b\\r\\nConnection: close\\r\\n\\r\\n")
+    raw = b""
+    while chunk := s.recv(65536):
+        raw += chunk
+    return json.loads(raw.split(b"\\r\\n\\r\\n", 1)[1])["path"]
+"""
+
+
+def test_socket_bound_before_connect_keeps_its_port(lab: Lab, tmp_path: Path) -> None:
+    # a bound socket cannot take over another socket: it is connected to a relay listener
+    code = """
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+port = s.getsockname()[1]
+s.settimeout(10)
+s.connect(("backend.staging.svc", 8080))
+out = {"path": path_of(s, "/bound"), "kept_port": s.getsockname()[1] == port}
+out["peer"] = list(s.getpeername())
+print(json.dumps(out))
+"""
+    seen = last_json(run_app(target(lab), RAW_GET + code, tmp_path=tmp_path))
+    assert seen == {"path": "/bound", "kept_port": True, "peer": [lab.backend_addr, 8080]}
+
+
+def test_ipv6_socket_reaches_mapped_ipv4_backend(lab: Lab, tmp_path: Path) -> None:
+    code = f"""
+s = socket.socket(socket.AF_INET6)
+s.settimeout(10)
+s.connect(("::ffff:{lab.backend_addr}", 8080))
+print(json.dumps({{"path": path_of(s, "/mapped"), "peer": list(s.getpeername())}}))
+"""
+    seen = last_json(run_app(target(lab), RAW_GET + code, tmp_path=tmp_path))
+    assert seen == {"path": "/mapped", "peer": [f"::ffff:{lab.backend_addr}", 8080, 0, 0]}
+
+
 def test_loopback_of_the_target_is_reached(lab: Lab, tmp_path: Path) -> None:
     code = """
         import json, urllib.request

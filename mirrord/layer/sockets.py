@@ -106,6 +106,11 @@ class SocketPatches(PatchFamily):
         if new_fd is not None:
             adopt_socket(sock, new_fd, proto)
             self.ctx.forget_fd(fd)
+            remote = peer_shape(sock.family, host, port)
+            peer = sock.getpeername()
+            if not _same_address(sock.family, peer, remote):
+                # an end of the intproxy's relay, not the agent's socket
+                self.ctx.redirects[fd] = Redirect(relay=peer[:2], remote=remote)
             return None
         redirect = Redirect(
             relay=(reply.local_host, reply.local_port),
@@ -223,6 +228,13 @@ def _adoptable(sock: socket.socket, host: str) -> bool:
         # a socket bound to a local address or port must keep it: relay instead
         return sock.getsockname()[1] == 0
     except OSError:
+        return False
+
+
+def _same_address(family: int, a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    try:
+        return a[1] == b[1] and socket.inet_pton(family, a[0]) == socket.inet_pton(family, b[0])
+    except (OSError, ValueError):
         return False
 
 

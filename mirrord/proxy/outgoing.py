@@ -1,6 +1,7 @@
 """Outgoing connections of one layer: the agent connects from the target, and the app
-gets either the connected socket itself (hand-over, a local agent) or a relay address on
-127.0.0.1 whose bytes the Mux carries to the agent.
+gets either the connected socket itself (hand-over, a local agent) or a relay whose bytes
+the Mux carries to the agent: an end of a loopback pair made here, or (for a socket bound
+to a local port) the address of a listener on 127.0.0.1 to connect to.
 
 A non-blocking connect (asyncio's) waits for the agent at most NONBLOCKING_WAIT: a fast
 remote is answered as a blocking connect would be (the socket itself, or the remote's
@@ -11,6 +12,7 @@ relayed connection carries the remote's bytes once it connects, or is reset if i
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -19,7 +21,7 @@ from dataclasses import replace
 import anyio
 import anyio.abc
 
-from mirrord.protocol import Connect, Connected, Message
+from mirrord.protocol import Connect, Connected, ConnectedFd, Message
 from mirrord.protocol.messages import with_req
 from mirrord.proxy.agent_client import AgentClient, Pending
 from mirrord.wire.link import Link
@@ -50,8 +52,8 @@ class Outgoing:
         want_fd = msg.want_fd and self.agent.link.can_pass_fds and self.pass_fds
         request = replace(msg, want_fd=want_fd)
         pending = self.agent.send_request(request)
-        try:  # a relayed connection's listener is made while the agent connects, not after
-            relay = _relay_listener() if msg.proto == "tcp" and not want_fd else None
+        try:  # a relayed connection's relay is made while the agent connects, not after
+            relay = self._relay_for(msg) if msg.proto == "tcp" and not want_fd else None
         except OSError:
             await self.agent.abandon(pending)
             raise
@@ -61,10 +63,21 @@ class Outgoing:
             if answer is not None:
                 await self._deliver(msg, *answer, relay=relay)
             else:
-                await self._relay_before_connected(msg, pending, relay or _relay_listener())
+                await self._relay_before_connected(msg, pending, relay or self._relay_for(msg))
         finally:
             if relay is not None:
-                relay[0].close()  # (unused when the connect failed)
+                relay.close()  # (unused when the connect failed)
+
+    def _relay_for(self, msg: Connect) -> _Relay:
+        """The app's socket becomes an end of a loopback pair made here when it can take
+        a descriptor (no connect and no accept on the app's path), else it connects to a
+        listener (a socket bound to a local port must keep it)."""
+        if msg.want_fd and self.link.can_pass_fds:
+            try:
+                return _PairRelay(socket.AF_INET6 if ":" in msg.host else socket.AF_INET)
+            except OSError as exc:  # (no IPv6 here, say): the app connects instead
+                log.debug("no loopback pair for %s: %s", msg.host, exc)
+        return _ListenerRelay()
 
     async def _deliver(
         self, msg: Connect, reply: Message, fd: int | None, relay: _Relay | None = None
@@ -85,30 +98,29 @@ class Outgoing:
             address = udp.extra(anyio.abc.SocketAttribute.raw_socket).getsockname()
             self.agent.mux.attach(conn, RelayUdpPipe(udp))
             self.udp_conns.append(conn)
-            await self._reply_relay(msg, address)
+            await _reply_relay(self.link, msg, address)
             return
-        listener, address = relay or _relay_listener()
+        relay = relay or _ListenerRelay()
         try:
-            await self._reply_relay(msg, address)
-            app = await _accept_app(listener, address)
+            await relay.offer(self.link, msg)
+            app = await relay.take()
         finally:
-            listener.close()
+            relay.close()
         if app is None:
             await self.agent.mux.reset(conn)
             return
         await self.agent.mux.attach_socket(conn, app)
 
     async def _relay_before_connected(self, msg: Connect, pending: Pending, relay: _Relay) -> None:
-        listener, address = relay
         try:
-            await self._reply_relay(msg, address)
-            app = await _accept_app(listener, address)
+            await relay.offer(self.link, msg)
+            app = await relay.take()
             answer = await self.agent.reply_to(pending)
         except BaseException:
             await self.agent.abandon(pending)  # (cancelled: its connection is reset)
             raise
         finally:
-            listener.close()
+            relay.close()
         assert answer is not None
         reply, fd = answer
         if app is None:
@@ -128,33 +140,105 @@ class Outgoing:
             linger_zero(app)
             app.close()
 
-    async def _reply_relay(self, msg: Connect, relay: tuple) -> None:
-        await self.link.send(
-            Connected(
-                req=msg.req,
-                conn=0,  # the layer knows its connection by the relay address
-                local_host=str(relay[0]),
-                local_port=int(relay[1]),
-                remote_host=msg.host,
-                remote_port=msg.port,
-            )
-        )
-
     async def close(self) -> None:
         for conn in self.udp_conns:
             await self.agent.mux.reset(conn)
 
 
-#: a relay's listener and its address
-_Relay = tuple[socket.socket, tuple]
+async def _reply_relay(link: Link, msg: Connect, relay: tuple) -> None:
+    await link.send(
+        Connected(
+            req=msg.req,
+            conn=0,  # the layer knows its connection by the relay address
+            local_host=str(relay[0]),
+            local_port=int(relay[1]),
+            remote_host=msg.host,
+            remote_port=msg.port,
+        )
+    )
 
 
-def _relay_listener() -> _Relay:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((RELAY_HOST, 0))
-    sock.listen(1)
-    sock.setblocking(False)
-    return sock, sock.getsockname()
+class _ListenerRelay:
+    """A listener on 127.0.0.1 that the app connects its socket to."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.listener.bind((RELAY_HOST, 0))
+            self.listener.listen(1)
+            self.listener.setblocking(False)
+        except BaseException:
+            self.listener.close()
+            raise
+        self.address = self.listener.getsockname()
+
+    async def offer(self, link: Link, msg: Connect) -> None:
+        await _reply_relay(link, msg, self.address)
+
+    async def take(self) -> socket.socket | None:
+        """Our end of the app's connection (None if the app never came)."""
+        return await _accept_app(self.listener, self.address)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class _PairRelay:
+    """A connected loopback TCP pair: one end goes to the layer (its socket takes it
+    over, as it would a socket handed over by a local agent), the other is ours."""
+
+    def __init__(self, family: socket.AddressFamily) -> None:
+        ours, self.theirs = _loopback_pair(family)
+        self.ours: socket.socket | None = ours
+
+    async def offer(self, link: Link, msg: Connect) -> None:
+        host, port = self.theirs.getsockname()[:2]
+        reply = ConnectedFd(
+            req=msg.req,
+            local_host=host,
+            local_port=port,
+            remote_host=msg.host,
+            remote_port=msg.port,
+        )
+        try:
+            await link.send(reply, fd=self.theirs.fileno())
+        finally:
+            self.theirs.close()
+
+    async def take(self) -> socket.socket | None:
+        ours, self.ours = self.ours, None
+        return ours
+
+    def close(self) -> None:
+        self.theirs.close()
+        if self.ours is not None:
+            self.ours.close()
+
+
+_Relay = _ListenerRelay | _PairRelay
+
+
+def _loopback_pair(family: socket.AddressFamily) -> tuple[socket.socket, socket.socket]:
+    """(ours, theirs): TCP over loopback, `theirs` in `family` (an IPv6 socket reaches
+    the IPv4 listener by its mapped address)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    theirs = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.bind((RELAY_HOST, 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        theirs.connect((RELAY_HOST if family == socket.AF_INET else "::ffff:" + RELAY_HOST, port))
+        ours, peer = listener.accept()
+        # (anyone on this host may connect to the listener too: take only our own)
+        if peer[1] != theirs.getsockname()[1]:
+            ours.close()
+            raise OSError(errno.EADDRINUSE, "another connection reached the relay listener")
+        return ours, theirs
+    except BaseException:
+        theirs.close()
+        raise
+    finally:
+        listener.close()
 
 
 async def _accept_app(listener: socket.socket, relay: tuple) -> socket.socket | None:

@@ -187,6 +187,28 @@ static int adoptable(int fd) {
 
 /* ------------------------------------------------------------------ connect */
 
+/* Remember that `fd` reaches `addr` (the remote) through `relay`. */
+static void redirect(int fd, const struct sockaddr_storage *relay, socklen_t relay_len,
+                     const struct sockaddr *addr, socklen_t len) {
+    pthread_mutex_lock(&fd_lock);
+    struct fdstate *st = fd_ensure(fd);
+    if (st) {
+        st->redirected = 1;
+        st->relay = *relay;
+        st->relay_len = relay_len;
+        memset(&st->remote, 0, sizeof st->remote);
+        memcpy(&st->remote, addr, len < sizeof st->remote ? len : sizeof st->remote);
+        st->remote_len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                     : sizeof(struct sockaddr_in);
+        /* the remote as getpeername shows it: no flow label, no scope */
+        if (addr->sa_family == AF_INET6) {
+            ((struct sockaddr_in6 *)&st->remote)->sin6_flowinfo = 0;
+            ((struct sockaddr_in6 *)&st->remote)->sin6_scope_id = 0;
+        }
+    }
+    pthread_mutex_unlock(&fd_lock);
+}
+
 static int connect_remote(int fd, const struct sockaddr *addr, socklen_t len, int udp) {
     struct sockaddr_storage relay;
     socklen_t relay_len = 0;
@@ -212,29 +234,20 @@ static int connect_remote(int fd, const struct sockaddr *addr, socklen_t len, in
     if (reply.type == R_CONNECTED_FD) {
         reply_free(&reply);
         fd_forget(fd);
-        return adopt_socket(fd, handed, udp);
+        if (adopt_socket(fd, handed, udp))
+            return -1;
+        /* an end of the intproxy's relay (not the agent's socket) is peered with it */
+        relay_len = sizeof relay;
+        if (!real_getpeername(fd, (struct sockaddr *)&relay, &relay_len) &&
+            !same_address((struct sockaddr *)&relay, relay_len, addr, len))
+            redirect(fd, &relay, relay_len, addr, len);
+        return 0;
     }
     relay_len = shaped_address(addr->sa_family, reply.local_host, (int)reply.local_port, &relay);
     reply_free(&reply);
     if (!relay_len)
         return fail(EPROTO);
-    pthread_mutex_lock(&fd_lock);
-    st = fd_ensure(fd);
-    if (st) {
-        st->redirected = 1;
-        st->relay = relay;
-        st->relay_len = relay_len;
-        memset(&st->remote, 0, sizeof st->remote);
-        memcpy(&st->remote, addr, len < sizeof st->remote ? len : sizeof st->remote);
-        st->remote_len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                     : sizeof(struct sockaddr_in);
-        /* the remote as getpeername shows it: no flow label, no scope */
-        if (addr->sa_family == AF_INET6) {
-            ((struct sockaddr_in6 *)&st->remote)->sin6_flowinfo = 0;
-            ((struct sockaddr_in6 *)&st->remote)->sin6_scope_id = 0;
-        }
-    }
-    pthread_mutex_unlock(&fd_lock);
+    redirect(fd, &relay, relay_len, addr, len);
     return real_connect(fd, (struct sockaddr *)&relay, relay_len);
 }
 
