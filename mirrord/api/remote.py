@@ -166,7 +166,7 @@ class TargetIO:
             what,
         )
         if isinstance(reply, ConnectedFd) and fd is not None:
-            sock = socket.socket(fileno=fd)  # connected in the target's namespace
+            sock = socket.socket(fileno=fd)  # connected in the target, or the intproxy relays it
         else:
             # a relay address of the intproxy; the real connect, even while activated
             relay = _expect(reply, Connected, what)

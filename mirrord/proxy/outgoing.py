@@ -162,15 +162,7 @@ class _ListenerRelay:
     """A listener on 127.0.0.1 that the app connects its socket to."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.listener.bind((RELAY_HOST, 0))
-            self.listener.listen(1)
-            self.listener.setblocking(False)
-        except BaseException:
-            self.listener.close()
-            raise
-        self.address = self.listener.getsockname()
+        self.listener, self.address = _relay_listener()
 
     async def offer(self, link: Link, msg: Connect) -> None:
         await _reply_relay(link, msg, self.address)
@@ -221,24 +213,36 @@ _Relay = _ListenerRelay | _PairRelay
 def _loopback_pair(family: socket.AddressFamily) -> tuple[socket.socket, socket.socket]:
     """(ours, theirs): TCP over loopback, `theirs` in `family` (an IPv6 socket reaches
     the IPv4 listener by its mapped address)."""
+    listener, (_, port) = _relay_listener()
+    with listener:
+        listener.setblocking(True)
+        theirs = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            host = RELAY_HOST if family == socket.AF_INET else "::ffff:" + RELAY_HOST
+            theirs.connect((host, port))
+            ours, peer = listener.accept()
+        except BaseException:
+            theirs.close()
+            raise
+    # (anyone on this host may connect to the listener too: take only our own)
+    if peer[1] != theirs.getsockname()[1]:
+        ours.close()
+        theirs.close()
+        raise OSError(errno.EADDRINUSE, "another connection reached the relay listener")
+    return ours, theirs
+
+
+def _relay_listener() -> tuple[socket.socket, tuple[str, int]]:
+    """(listener, its address): non-blocking, on 127.0.0.1, for one connection."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    theirs = socket.socket(family, socket.SOCK_STREAM)
     try:
         listener.bind((RELAY_HOST, 0))
         listener.listen(1)
-        port = listener.getsockname()[1]
-        theirs.connect((RELAY_HOST if family == socket.AF_INET else "::ffff:" + RELAY_HOST, port))
-        ours, peer = listener.accept()
-        # (anyone on this host may connect to the listener too: take only our own)
-        if peer[1] != theirs.getsockname()[1]:
-            ours.close()
-            raise OSError(errno.EADDRINUSE, "another connection reached the relay listener")
-        return ours, theirs
+        listener.setblocking(False)
     except BaseException:
-        theirs.close()
-        raise
-    finally:
         listener.close()
+        raise
+    return listener, listener.getsockname()
 
 
 async def _accept_app(listener: socket.socket, relay: tuple) -> socket.socket | None:
