@@ -3,8 +3,11 @@
     python3 bench/incoming.py steal-throughput [--mb 100]
     python3 bench/incoming.py mirror-rate [--rate 10000 --seconds 3 --connections 8]
 
-steal-throughput: a 100 MB upload to the target's port, stolen to a local app, against
-the same upload sent straight to that app, in the same run (issue 8: relayed >= 50%).
+steal-throughput: a 100 MB upload to the target's port, stolen to a local app, in the
+same run as two direct uploads by the same client: to the same sink served by the target
+itself (the route the stolen upload takes into the lab, without mirrord: the baseline of
+issue 8's target, relayed >= 50%), and straight to the local app over loopback (no lab
+on the way: an upper bound no stolen upload can reach, printed for comparison).
 mirror-rate: small pipelined HTTP requests at a fixed rate to the target's service while
 a local app mirrors them; every request must reach the app (issue 8: 10,000/s, none
 lost). The app reports each connection once, at its EOF: the requests in its raw bytes,
@@ -19,6 +22,7 @@ import hashlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -32,10 +36,10 @@ from mirrord.lab import Lab, create_lab
 REPO = Path(__file__).resolve().parents[1]
 
 SINK_APP = """
-import socket, threading
+import socket, sys, threading
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 8080))
+srv.bind(("0.0.0.0", int(sys.argv[1]) if len(sys.argv) > 1 else 8080))
 srv.listen()
 print("ready", srv.getsockname()[1], flush=True)
 def serve(conn):
@@ -58,7 +62,7 @@ import hashlib, json, re, socket, sys, threading
 REQUEST = re.compile(rb"GET /r(\d+) HTTP/1\.1\r\n")
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 8080))
+srv.bind(("0.0.0.0", int(sys.argv[1]) if len(sys.argv) > 1 else 8080))
 srv.listen(64)
 print("ready", flush=True)
 out = threading.Lock()
@@ -133,25 +137,43 @@ def steal_throughput(mb: int, rounds: int) -> None:
     config = Path("/tmp/mirrord-bench-steal.json")
     config.write_text(json.dumps({"feature": {"network": {"incoming": "steal"}}}))
     for name, env in (("fd-passing", {}), ("relay", {"MIRRORD_NO_FD_PASSING": "1"})):
-        ratios = []
+        ratios, loopback_ratios = [], []
         with create_lab() as lab:
+            target_port = start_target_sink(lab)
             app = start_app(lab, SINK_APP, "-f", str(config), env=env)
             try:
                 for _ in range(rounds):
-                    direct = upload("127.0.0.1", 8080, total)
+                    direct = upload(lab.staging_addr, target_port, total)
+                    loopback = upload("127.0.0.1", 8080, total)
                     stolen = upload(lab.staging_addr, 8080, total)
                     ratios.append(direct / stolen)
+                    loopback_ratios.append(loopback / stolen)
                     print(
-                        f"{name:10} direct {mb / direct:7.1f} MB/s   stolen {mb / stolen:7.1f} MB/s"
-                        f"   -> {100 * direct / stolen:.0f}% of direct"
+                        f"{name:10} direct {mb / direct:7.1f} MB/s   loopback {mb / loopback:7.1f} MB/s"
+                        f"   stolen {mb / stolen:7.1f} MB/s   -> {100 * direct / stolen:.0f}% of direct,"
+                        f" {100 * loopback / stolen:.0f}% of loopback"
                     )
             finally:
                 app.terminate()
                 app.wait(10)
-        ratios.sort()
         print(
-            f"steal throughput, {name}: median {100 * ratios[len(ratios) // 2]:.0f}% of direct (target >= 50%)"
+            f"steal throughput, {name}: median {100 * statistics.median(ratios):.0f}% of direct"
+            f" (target >= 50%), {100 * statistics.median(loopback_ratios):.0f}% of loopback"
         )
+
+
+def start_target_sink(lab: Lab) -> int:
+    """The sink served by the target itself, on a port nothing steals: its port."""
+    script = Path("/tmp/mirrord-bench-target-sink.py")
+    script.write_text(textwrap.dedent(SINK_APP))
+    proc = lab.popen_in(
+        lab.staging_ns, [sys.executable, str(script), "0"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ready = proc.stdout.readline().split()
+    if ready[:1] != ["ready"]:
+        raise SystemExit("the target's own sink did not start")
+    return int(ready[1])
 
 
 def _drain(sock: socket.socket) -> None:
