@@ -119,3 +119,25 @@ def test_magic_errors_are_one_line(shell: InteractiveShell) -> None:
     shell.run_line_magic("mirrord", "connect targetless feature.env=false")
     assert notebook.current().config.env.enabled is False
     assert completions(shell, "%mirrord connect tar") == ["%mirrord connect targetless"]
+
+
+def test_live_rows_keep_the_order_requests_came_in() -> None:
+    """Mirrored connections are read concurrently: a request may be published after a
+    later one. The table still lists them as they came; full, it drops the oldest."""
+    from collections import deque
+    from datetime import UTC, datetime, timedelta
+
+    from mirrord.api.live import _place
+    from mirrord.api.mirror import MirroredRequest
+
+    start = datetime.now(UTC)
+
+    def request(path: str, second: int) -> MirroredRequest:
+        raw = f"GET {path} HTTP/1.1\r\n\r\n".encode()
+        came = start + timedelta(seconds=second)
+        return MirroredRequest("GET", path, {}, b"", ("198.18.0.9", 5000), came, "1.1", raw)
+
+    rows: deque[MirroredRequest] = deque(maxlen=3)
+    for path, second in (("/two", 2), ("/three", 3), ("/one", 1), ("/four", 4), ("/zero", 0)):
+        _place(rows, request(path, second))
+    assert [r.path for r in rows] == ["/two", "/three", "/four"]

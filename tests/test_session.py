@@ -158,6 +158,26 @@ def test_session_mirror_shows_live_requests(lab: Lab) -> None:
     assert picked[0].raw.startswith(b"POST /orders?n=0 HTTP/1.1\r\n")
 
 
+def test_a_mirrored_copy_is_timed_when_it_came_not_when_its_reader_ran() -> None:
+    """Each mirrored connection has a reader thread; a busy process runs it late."""
+    from mirrord.api.mirror import _stamp_arrivals, _timed_reads
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        _stamp_arrivals(listener)  # as a Mirror's listener
+        sender = socket.create_connection(listener.getsockname())
+        reader, _ = listener.accept()
+    with sender, reader:
+        reads = _timed_reads(reader)
+        sender.sendall(b"GET /first HTTP/1.1\r\n\r\n")
+        came = time.time()
+        time.sleep(0.5)  # the reader thread has not run yet
+        data, when = next(reads)
+        assert data == b"GET /first HTTP/1.1\r\n\r\n"
+        assert came - 0.1 < when.timestamp() < came + 0.1
+        sender.close()
+        assert next(reads, None) is None
+
+
 def test_mirror_raw_gives_the_bytes_of_any_protocol(lab: Lab) -> None:
     with (
         mirrord.Session(f"netns/{lab.staging_ns}") as staging,

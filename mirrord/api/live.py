@@ -106,7 +106,7 @@ class Live:
             request = self._mirror.next_request(timeout=self.refresh)
             if request is not None:
                 with self._arrived:
-                    self._rows.append(request)
+                    _place(self._rows, request)
                     self._arrived.notify_all()
                 dirty = True
             elif self._mirror.closed:
@@ -160,6 +160,20 @@ class Live:
             view = self._widget._repr_mimebundle_()
             bundle.update({k: v for k, v in view.items() if k != "text/plain"})
         display(bundle, raw=True)
+
+
+def _place(rows: deque[MirroredRequest], request: MirroredRequest) -> None:
+    """Into `rows` in the order the requests came: connections are read concurrently, so
+    one may be published after a later one. Full, the oldest goes."""
+    at = len(rows)
+    while at and rows[at - 1].time > request.time:
+        at -= 1
+    if len(rows) == rows.maxlen:
+        if at == 0:
+            return  # older than all it keeps
+        rows.popleft()
+        at -= 1
+    rows.insert(at, request)
 
 
 def _row(request: MirroredRequest) -> dict[str, Any]:

@@ -8,9 +8,12 @@ backlog; the target answers its clients as always.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
+import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +44,7 @@ class MirroredRequest:
     headers: dict[str, str]  # lower-case names; repeated ones joined by ", "
     body: bytes
     client: tuple[str, int]  # who sent it to the target
-    time: datetime  # when its last byte reached the target (UTC)
+    time: datetime  # when its last byte reached this process (UTC)
     http_version: str
     raw: bytes = field(repr=False)  # exactly the bytes on the wire
     connection: int = 0  # the client's connection, numbered in this session
@@ -65,6 +68,40 @@ class Chunk:
     data: bytes
 
 
+# Linux's SO_TIMESTAMPNS (x86 and asm-generic; the socket module has no name for it).
+# Each connection is read by a thread of its own, so a reader's clock orders reads of
+# different connections as the threads happened to run; the kernel's stamp says when
+# the bytes came.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+
+
+def _stamp_arrivals(listener: socket.socket) -> None:
+    """Have the kernel stamp what reaches the sockets `listener` accepts (they inherit
+    it, so bytes that come before their reader runs are stamped too)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            listener.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+
+
+def _timed_reads(conn: socket.socket) -> Iterator[tuple[bytes, datetime]]:
+    """(bytes, when the kernel received them) until EOF; the reader's clock where the
+    kernel does not say."""
+    while True:
+        data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(_TIMESPEC.size))
+        if not data:
+            return
+        yield data, _stamp(ancillary)
+
+
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> datetime:
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return datetime.fromtimestamp(seconds + nanoseconds / 1e9, UTC)
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class _Capture:
     chunk: Chunk
@@ -82,6 +119,7 @@ class MirrorFeed:
         self._conns: set[socket.socket] = set()
         self._numbers = itertools.count(1)
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        _stamp_arrivals(self._listener)
         self._inode = os.fstat(self._listener.fileno()).st_ino
         self._port_here: int = self._listener.getsockname()[1]
         try:  # (each Mirror applies its own HTTP filter)
@@ -127,8 +165,7 @@ class MirrorFeed:
     def _read(self, conn: socket.socket, client: tuple[str, int], number: int) -> None:
         splitter: RequestSplitter | None = RequestSplitter()
         try:
-            while data := conn.recv(65536):
-                now = datetime.now(UTC)
+            for data, now in _timed_reads(conn):
                 if splitter is not None:
                     try:
                         whole = splitter.feed(data)
