@@ -62,7 +62,7 @@ import hashlib, json, re, socket, sys, threading
 REQUEST = re.compile(rb"GET /r(\d+) HTTP/1\.1\r\n")
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1]) if len(sys.argv) > 1 else 8080))
+srv.bind(("0.0.0.0", 8080))
 srv.listen(64)
 print("ready", flush=True)
 out = threading.Lock()
@@ -101,8 +101,7 @@ while True:
 def start_app(
     lab: Lab, code: str, *flags: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    script = Path("/tmp/mirrord-bench-app.py")
-    script.write_text(textwrap.dedent(code))
+    script = _script("app", code)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mirrord", "-t", f"netns/{lab.staging_ns}", *flags, str(script)],
         stdout=subprocess.PIPE,
@@ -110,10 +109,32 @@ def start_app(
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
-    assert proc.stdout is not None
-    if not proc.stdout.readline().startswith("ready"):
-        raise SystemExit("the local app did not start")
+    _ready(proc, "the local app")
     return proc
+
+
+def start_target_sink(lab: Lab) -> int:
+    """The sink served by the target itself, on a port nothing steals: its port."""
+    script = _script("target-sink", SINK_APP)
+    proc = lab.popen_in(
+        lab.staging_ns, [sys.executable, str(script), "0"], stdout=subprocess.PIPE, text=True
+    )
+    return int(_ready(proc, "the target's own sink")[1])
+
+
+def _script(name: str, code: str) -> Path:
+    script = Path(f"/tmp/mirrord-bench-{name}.py")
+    script.write_text(textwrap.dedent(code))
+    return script
+
+
+def _ready(proc: subprocess.Popen[str], what: str) -> list[str]:
+    """The words of the line a started app prints when it listens ("ready ...")."""
+    assert proc.stdout is not None
+    words = proc.stdout.readline().split()
+    if words[:1] != ["ready"]:
+        raise SystemExit(f"{what} did not start")
+    return words
 
 
 def upload(host: str, port: int, total: int) -> float:
@@ -160,20 +181,6 @@ def steal_throughput(mb: int, rounds: int) -> None:
             f"steal throughput, {name}: median {100 * statistics.median(ratios):.0f}% of direct"
             f" (target >= 50%), {100 * statistics.median(loopback_ratios):.0f}% of loopback"
         )
-
-
-def start_target_sink(lab: Lab) -> int:
-    """The sink served by the target itself, on a port nothing steals: its port."""
-    script = Path("/tmp/mirrord-bench-target-sink.py")
-    script.write_text(textwrap.dedent(SINK_APP))
-    proc = lab.popen_in(
-        lab.staging_ns, [sys.executable, str(script), "0"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    ready = proc.stdout.readline().split()
-    if ready[:1] != ["ready"]:
-        raise SystemExit("the target's own sink did not start")
-    return int(ready[1])
 
 
 def _drain(sock: socket.socket) -> None:
